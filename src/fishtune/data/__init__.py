@@ -1,0 +1,1 @@
+"""Data: GLUE loading and tokenisation (`glue`), and the GLUE metrics (`metrics`)."""

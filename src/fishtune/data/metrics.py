@@ -1,0 +1,43 @@
+"""GLUE metrics with scikit-learn and SciPy (paper §5.2, as Sung et al.): the headline score per task.
+
+- accuracy: SST-2, QNLI, RTE, WNLI, MNLI (per split: matched, mismatched)
+- matthews: CoLA (Matthews correlation)
+- f1_accuracy: MRPC, QQP (F1 and accuracy; headline their mean)
+- pearson_spearman: STS-B (Pearson and Spearman; headline their mean)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["compute_metrics", "headline"]
+
+
+def compute_metrics(kind: str, predictions, labels) -> dict[str, float]:
+    """All metrics of one kind for ``predictions`` (class ids, or floats for regression) vs ``labels``."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    preds, refs = np.asarray(predictions), np.asarray(labels)
+    if len(preds) != len(refs) or len(refs) == 0:
+        raise ValueError(f"predictions ({len(preds)}) and labels ({len(refs)}) must be non-empty and equal in length")
+    if kind == "accuracy":
+        return {"accuracy": float(accuracy_score(refs, preds))}
+    if kind == "matthews":
+        return {"matthews_correlation": float(matthews_corrcoef(refs, preds))}
+    if kind == "f1_accuracy":
+        acc, f1 = float(accuracy_score(refs, preds)), float(f1_score(refs, preds))
+        return {"accuracy": acc, "f1": f1, "combined": (acc + f1) / 2}
+    if kind == "pearson_spearman":
+        if np.std(preds) == 0 or np.std(refs) == 0:  # constant predictions: correlation undefined, count as 0
+            p = s = 0.0
+        else:
+            p, s = float(pearsonr(preds, refs)[0]), float(spearmanr(preds, refs)[0])
+        return {"pearson": p, "spearmanr": s, "combined": (p + s) / 2}
+    raise ValueError(f"task.metric must be accuracy|matthews|f1_accuracy|pearson_spearman, got {kind!r}")
+
+
+def headline(kind: str, metrics: dict[str, float]) -> float:
+    """The single score a task is ranked by (paper §5.2)."""
+    key = {"accuracy": "accuracy", "matthews": "matthews_correlation"}.get(kind, "combined")
+    return metrics[key]

@@ -1,0 +1,222 @@
+"""One run, end to end and resumable: data → model → method plans → train each plan → result.json.
+
+`run_experiment(rc, out_dir)` is what `run.py` calls after validating the config. Selection comes first
+(every plan's mask is computed and saved before any fine-tuning), then each plan is trained from the same
+pretrained weights and seeded head; each finished cell is written at once (``cells/<cell>.json``,
+atomically) and skipped when the same job runs again with the same config. ``result.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, RunConfig
+from .data.glue import DataUnavailable, load_task, tokenize
+from .masked import apply_mask, save_delta, trainable_count
+from .methods import Context, Plan, create
+from .models import ModelUnavailable, load_model
+from .results import SCHEMA, is_complete, read_result, write_json
+from .selection import Selector
+from .train.loop import NonFiniteLoss, fit
+
+__all__ = ["run_experiment", "config_hash", "resolve_device"]
+
+FISHER_METHODS = ("fish", "ird", "reverse_ird")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the resolved config (what decides a result), to tell a finished run of the same job."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: CUDA is not available on this machine (use device=cpu or device=auto)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "peft": peft.__version__}
+    try:
+        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                    cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git"] = None
+    return out
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    out = {"cpu_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print) -> dict[str, Any]:
+    """Run (or resume) the job described by ``rc`` in ``out_dir``; return the result written there.
+
+    ``config`` is the resolved config as plain data (recorded, and hashed to recognise finished work).
+    Raises ConfigError/ValueError for bad input found before training; data missing offline gives a
+    ``skipped`` result, a non-finite loss a ``failed`` one (with the step).
+    """
+    out = Path(out_dir)
+    chash = config_hash(config)
+    result_path = out / "result.json"
+    if rc.resume and is_complete(result_path, chash) and rc.cell is None:
+        log(f"already complete: {result_path}")
+        return read_result(result_path)
+    method = create(rc.method)  # validates the method's options before any heavy work
+    device = resolve_device(rc.device)
+    base = {"schema": SCHEMA, "task": rc.task.name, "model": rc.model.name, "method": method.name,
+            "sparsity": rc.sparsity.name, "ratio": rc.sparsity.ratio, "seed": rc.seed, "config": config,
+            "config_hash": chash, "versions": _versions(), "device": str(device)}
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        raw = load_task(rc.task, rc.data, rc.seed)
+    except DataUnavailable as e:
+        write_json(result_path, {**base, "status": "skipped", "reason": str(e)})
+        raise
+    _check_sizes(rc, method.name, len(raw.train))
+    torch.manual_seed(rc.seed)  # the task head's initialisation
+    try:
+        loaded = load_model(rc.model, rc.task.num_labels, device)
+    except ModelUnavailable as e:
+        write_json(result_path, {**base, "status": "failed", "reason": str(e)})
+        raise
+    model, head = loaded.model, loaded.head
+    data = tokenize(raw, loaded.tokenizer, rc.task.max_length, rc.train.pad_to_max_length)
+    timings["load_seconds"] = time.perf_counter() - t0
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(loaded.tokenizer, return_tensors="pt")
+    selector = Selector(model, data.train, collate, head=head, scope=rc.fisher.scope,
+                        include_head=rc.mask.include_head, k_rule=rc.mask.k_rule, mask_scope=rc.mask.scope,
+                        fisher_kind=rc.fisher.kind, fisher_grad=rc.fisher.grad, engine=rc.fisher.engine,
+                        batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress)
+    t1 = time.perf_counter()
+    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed)
+    plans = method.plans(ctx)
+    timings["selection_seconds"] = time.perf_counter() - t1
+    if rc.cell is not None and rc.cell not in [p.cell for p in plans]:
+        raise ConfigError(f"cell={rc.cell}: not a cell of this job ({', '.join(p.cell for p in plans)})")
+    for plan in plans:
+        if plan.mask is not None:
+            plan.info["mask_sha256"] = plan.mask.sha256()
+            plan.mask.save(out / "masks" / f"{plan.cell}.safetensors", {"cell": plan.cell})
+    base.update(total_params=selector.num_params, head_params=selector.num_head, fisher_engine=rc.fisher.engine)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cells = []
+    for plan in plans:
+        if rc.cell is not None and plan.cell != rc.cell:
+            continue
+        cell_path = out / "cells" / f"{plan.cell}.json"
+        if rc.resume and is_complete(cell_path, chash):
+            log(f"cell {plan.cell}: already complete")
+            cells.append(read_result(cell_path))
+            continue
+        model.load_state_dict(initial)
+        log(f"cell {plan.cell}: training ({_describe(plan)})")
+        cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out)
+        cell = {**base, **cell}
+        write_json(cell_path, cell)
+        cells.append(cell)
+        if cell["status"] == "failed":
+            break
+    timings["total_seconds"] = time.perf_counter() - t0
+    result = _summarise(base, cells, plans, timings, device)
+    if rc.cell is None:
+        write_json(result_path, result)
+    return result
+
+
+def _check_sizes(rc: RunConfig, method: str, num_train: int) -> None:
+    if method not in FISHER_METHODS:
+        return
+    if rc.sparsity.mode == "single" and rc.fisher.num_samples > num_train:
+        raise ConfigError(f"fisher.num_samples={rc.fisher.num_samples} is larger than the training set "
+                          f"({num_train} examples of {rc.task.name})")
+    if rc.sparsity.mode != "single" and max(rc.ladder.samples) > num_train:
+        raise ConfigError(f"ladder.samples={list(rc.ladder.samples)} asks for {max(rc.ladder.samples)} samples, "
+                          f"the training set has {num_train} ({rc.task.name})")
+
+
+def _describe(plan: Plan) -> str:
+    bits = []
+    if plan.ratio is not None:
+        bits.append(f"ratio {plan.ratio:g}%")
+    if plan.samples is not None:
+        bits.append(f"{plan.samples} samples")
+    if plan.mask is not None:
+        bits.append(f"{plan.mask.count} entries")
+    return ", ".join(bits) or "all parameters"
+
+
+def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, out: Path) -> dict:
+    head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
+    if plan.mask is not None:
+        apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head)
+    train_model = plan.wrap(model) if plan.wrap is not None else model
+    trainable = trainable_count(train_model)
+    if not rc.mask.include_head:
+        trainable -= head_count
+    if plan.mask is not None and trainable != plan.mask.count:
+        raise RuntimeError(f"cell {plan.cell}: {trainable} trainable values, mask holds {plan.mask.count}")
+    cell = {"cell": plan.cell, "ratio": plan.ratio, "samples": plan.samples, "trainable_params": trainable,
+            "trainable_ratio": 100.0 * trainable / num_params, "mask_sha256": plan.info.get("mask_sha256"),
+            "info": {k: v for k, v in plan.info.items() if k != "mask_sha256"}}
+    try:
+        tr = fit(train_model, data.train, data.eval, collate, rc.task, rc.train, device, rc.seed, hook=plan.hook)
+    except NonFiniteLoss as e:
+        return {**cell, "status": "failed", "reason": str(e), "failed_step": e.step}
+    if rc.save_delta and plan.mask is not None:
+        cell["delta_bytes"] = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
+    cell.update(status="ok", score=tr.score, metrics=tr.metrics, best_epoch=tr.best_epoch, steps=tr.steps,
+                epochs_run=tr.epochs_run, stopped_early=tr.stopped_early, history=tr.history,
+                timings={"train_seconds": tr.train_seconds, "samples_per_second": tr.samples_per_second},
+                peak_memory=_peak_memory(device))
+    return cell
+
+
+def _summarise(base: dict, cells: list[dict], plans: list[Plan], timings: dict, device) -> dict:
+    failed = [c for c in cells if c["status"] != "ok"]
+    ok = [c for c in cells if c["status"] == "ok"]
+    best = max(ok, key=lambda c: c["score"]) if ok else None
+    result = {**base, "status": "failed" if failed or not ok else "ok",
+              "reason": failed[0].get("reason") if failed else None,
+              "failed_step": failed[0].get("failed_step") if failed else None,
+              "timings": {**timings, "train_seconds": sum(c.get("timings", {}).get("train_seconds", 0) for c in ok),
+                          "samples_per_second": (sum(c["timings"]["samples_per_second"] for c in ok) / len(ok))
+                          if ok else 0.0},
+              "peak_memory": _peak_memory(device)}
+    slim = [{k: v for k, v in c.items() if k not in base or k in ("status",)} for c in cells]
+    if len(plans) == 1 and plans[0].cell == "main":
+        if best is not None:
+            result.update({k: best[k] for k in ("score", "metrics", "trainable_params", "trainable_ratio",
+                                                 "mask_sha256", "info", "best_epoch", "steps", "history")})
+    else:
+        result["cells"] = slim
+        if best is not None:
+            result.update(best_cell=best["cell"], score=best["score"], metrics=best["metrics"])
+    return result
+
+
+def plain(rc: RunConfig) -> dict:
+    """The validated config as plain data."""
+    return asdict(rc)

@@ -1,0 +1,222 @@
+"""Masks over a model's parameters: which entries a selective fine-tune trains.
+
+A `Mask` holds, per parameter tensor, the sorted flat indices of its selected entries. Selection rules
+follow ALGORITHMS.md ("Conventions that decide which entries a mask holds"):
+
+- k = floor(ratio / 100 × P), at least 1, P = the parameters in the universe (head excluded by default);
+  `k_rule="fish_reference"` counts like varunnair18/FISH: floor(ratio/100 × (P + P_head)) − P_head.
+- top-k is global over all tensors, exact, ties broken by flat index ascending over the tensors in
+  `named_parameters()` order; bottom-k (reverse IRD) is the same with the order of scores reversed and ties
+  still by ascending index. `scope="per_tensor"` gives each tensor its share of k instead.
+- Masks are saved with safetensors and identified by a sha256 over names, shapes and indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["Mask", "num_selected", "select_top_k", "mask_from_names"]
+
+
+@dataclass
+class Mask:
+    """Selected entries per parameter: ``indices[name]`` is a sorted int64 tensor of flat indices into
+    the parameter ``name`` of shape ``shapes[name]``. Tensors with nothing selected are left out."""
+
+    indices: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """Number of selected entries (exact)."""
+        return int(sum(int(i.numel()) for i in self.indices.values()))
+
+    def names(self) -> list[str]:
+        return list(self.indices)
+
+    def dense(self, name: str) -> torch.Tensor:
+        """Boolean tensor of the parameter's shape, True where selected."""
+        out = torch.zeros(math.prod(self.shapes[name]), dtype=torch.bool)
+        out[self.indices[name]] = True
+        return out.view(self.shapes[name])
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.indices):
+            h.update(name.encode())
+            h.update(repr(tuple(self.shapes[name])).encode())
+            h.update(self.indices[name].to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def issubset(self, other: Mask) -> bool:
+        """True when every entry selected here is selected in ``other``."""
+        for name, idx in self.indices.items():
+            if name not in other.indices:
+                if idx.numel():
+                    return False
+                continue
+            if not torch.isin(idx, other.indices[name]).all():
+                return False
+        return True
+
+    def overlap(self, other: Mask) -> int:
+        """Number of entries selected in both masks."""
+        return sum(
+            int(torch.isin(idx, other.indices[n]).sum()) for n, idx in self.indices.items() if n in other.indices
+        )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ValueError when this mask does not fit ``model`` (a name or a shape differs)."""
+        params = dict(model.named_parameters())
+        for name, shape in self.shapes.items():
+            if name not in params:
+                raise ValueError(f"mask: parameter {name!r} is not in the model (a mask made for another model?)")
+            if tuple(params[name].shape) != tuple(shape):
+                raise ValueError(
+                    f"mask: parameter {name!r} has shape {tuple(params[name].shape)} in the model, "
+                    f"{tuple(shape)} in the mask (a mask made for another model?)"
+                )
+
+    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+        """Write to ``path`` (safetensors), atomically; shapes and the sha256 go into the metadata."""
+        from safetensors.torch import save_file
+
+        from .results import atomic_path
+
+        meta = {f"shape:{n}": ",".join(map(str, s)) for n, s in self.shapes.items()}
+        meta["sha256"] = self.sha256()
+        meta.update(metadata or {})
+        tensors = {n: i.to(torch.int64).contiguous() for n, i in self.indices.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Mask:
+        """Read a mask written by `save`; raise ValueError when the file is corrupted."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                indices = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
+            raise ValueError(f"mask file {path} is not a readable safetensors file: {e}") from None
+        shapes = {
+            k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x) for k, v in meta.items() if k.startswith("shape:")
+        }
+        mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes})
+        if set(mask.shapes) != set(indices) or ("sha256" in meta and meta["sha256"] != mask.sha256()):
+            raise ValueError(f"mask file {path} is corrupted (its sha256 or shapes do not match its contents)")
+        for n, idx in indices.items():
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= math.prod(mask.shapes[n])):
+                raise ValueError(f"mask file {path}: indices of {n!r} fall outside its shape")
+        return mask
+
+
+def num_selected(ratio: float, universe: int, head: int = 0, rule: str = "exact") -> int:
+    """k for a ratio in percent of ``universe`` parameters (ALGORITHMS.md conventions).
+
+    ``rule="exact"``: floor(ratio/100 × universe), at least 1. ``rule="fish_reference"``: the FISH reference
+    code's count, floor(ratio/100 × (universe + head)) − head, at least 1.
+    """
+    if not 0 < ratio <= 100:
+        raise ValueError(f"ratio must be in (0, 100] (percent of the pretrained parameters), got {ratio}")
+    if rule == "exact":
+        k = math.floor(ratio / 100 * universe)
+    elif rule == "fish_reference":
+        k = math.floor(ratio / 100 * (universe + head)) - head
+    else:
+        raise ValueError(f"mask.k_rule must be one of exact|fish_reference, got {rule!r}")
+    return max(1, min(k, universe))
+
+
+def _first_k_at_threshold(key: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean selection of exactly k entries of ``key`` with the largest values; ties by lower index."""
+    thresh = torch.topk(key, k, sorted=False).values.min()
+    above = key > thresh
+    missing = k - int(above.sum())
+    ties = (key == thresh).nonzero().squeeze(1)[:missing]
+    above[ties] = True
+    return above
+
+
+def select_top_k(
+    scores: Mapping[str, torch.Tensor],
+    k: int,
+    *,
+    largest: bool = True,
+    candidates: Mask | None = None,
+    scope: str = "global",
+) -> Mask:
+    """Exactly ``k`` entries with the largest (``largest=False``: smallest) scores.
+
+    ``scores`` maps parameter names to score tensors (e.g. the Fisher diagonal), in ``named_parameters()``
+    order; ``candidates`` restricts the choice to the entries of another mask (IRD's range C). Ties go to
+    the lower flat index, tensors taken in the order of ``scores``. ``scope="per_tensor"`` selects within
+    each tensor its share of k (largest remainders), the total still exactly k.
+    """
+    names = list(scores)
+    if not names:
+        raise ValueError("scores is empty: no parameters to select from")
+    flat = []
+    for n in names:
+        s = scores[n].detach().reshape(-1).to(torch.float64 if scores[n].dtype == torch.float64 else torch.float32)
+        s = s if largest else -s
+        if candidates is not None:
+            allowed = torch.zeros_like(s, dtype=torch.bool)
+            if n in candidates.indices:
+                allowed[candidates.indices[n]] = True
+            s = torch.where(allowed, s, torch.full_like(s, -math.inf))
+        flat.append(torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
+    available = candidates.count if candidates is not None else sum(f.numel() for f in flat)
+    if not 1 <= k <= available:
+        raise ValueError(f"k={k} entries requested but only {available} candidates exist")
+    if scope == "global":
+        chosen = _first_k_at_threshold(torch.cat(flat), k).split([f.numel() for f in flat])
+    elif scope == "per_tensor":
+        sizes = [int((f > -math.inf).sum()) if candidates is not None else f.numel() for f in flat]
+        quotas = _apportion(k, sizes)
+        chosen = [
+            _first_k_at_threshold(f, q) if q else torch.zeros_like(f, dtype=torch.bool) for f, q in zip(flat, quotas)
+        ]
+    else:
+        raise ValueError(f"mask.scope must be global|per_tensor, got {scope!r}")
+    indices, shapes = {}, {}
+    for n, c in zip(names, chosen):
+        idx = c.nonzero().squeeze(1)
+        if idx.numel():
+            indices[n] = idx.cpu()
+            shapes[n] = tuple(scores[n].shape)
+    return Mask(indices, shapes)
+
+
+def _apportion(k: int, sizes: list[int]) -> list[int]:
+    """Split k over tensors in proportion to their sizes (largest remainder), each quota <= its size."""
+    total = sum(sizes)
+    raw = [k * s / total for s in sizes]
+    quotas = [min(math.floor(r), s) for r, s in zip(raw, sizes)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(raw[i] - quotas[i]), i))
+    i = 0
+    while sum(quotas) < k:
+        j = order[i % len(order)]
+        if quotas[j] < sizes[j]:
+            quotas[j] += 1
+        i += 1
+    return quotas
+
+
+def mask_from_names(model: nn.Module, names: list[str]) -> Mask:
+    """A mask selecting every entry of the named parameters (e.g. BitFit's biases)."""
+    params = dict(model.named_parameters())
+    return Mask(
+        {n: torch.arange(params[n].numel()) for n in names},
+        {n: tuple(params[n].shape) for n in names},
+    )

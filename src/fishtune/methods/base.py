@@ -1,0 +1,121 @@
+"""The one interface a method implements, and the registry that finds a method by its config name.
+
+A method answers: given the pretrained model, the training data and a budget, what do we train? It returns
+`Plan`s: one for a single ratio, one per visited cell for a ladder. All plans exist before any training
+(selection needs no fine-tuning), so every cell can be trained, resumed or scheduled on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, LadderConfig, SparsityConfig
+from ..masks import Mask
+from ..selection import Selector
+
+__all__ = ["Plan", "StepHook", "Context", "Method", "register", "get", "names", "create"]
+
+
+class StepHook(Protocol):
+    """Called by the training loop after backward and before the optimizer step (GMT, ID³)."""
+
+    def __call__(self, model: nn.Module, step: int) -> None: ...
+
+
+@dataclass
+class Plan:
+    cell: str  # "main", or a ladder cell such as "r0.5-n16"
+    mask: Mask | None = None  # entries to train (sparse); None: decided by `wrap` / all parameters
+    wrap: Callable[[nn.Module], nn.Module] | None = None  # LoRA-style: returns the model to train
+    hook: StepHook | None = None
+    ratio: float | None = None  # target ratio in percent
+    samples: int | None = None  # size of the sample set the mask came from
+    info: dict[str, Any] = field(default_factory=dict)  # -> result.json (sample indices, options, ...)
+
+
+@dataclass
+class Context:
+    """What a method may look at to make its plans."""
+
+    selector: Selector  # model, training samples, head, Fisher and top-k
+    sparsity: SparsityConfig
+    ladder: LadderConfig
+    num_samples: int  # fisher.num_samples
+    seed: int
+
+    @property
+    def model(self) -> nn.Module:
+        return self.selector.model
+
+    def ratios(self) -> list[float]:
+        if self.sparsity.mode != "single":
+            raise ConfigError(f"sparsity={self.sparsity.name} (a {self.sparsity.mode}) needs a method that "
+                              "walks cells: ird, reverse_ird or fish")
+        return [float(self.sparsity.ratio)]
+
+
+class Method:
+    """Base class: subclasses set `name`, `Config` (a dataclass) and implement `plans`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def plans(self, ctx: Context) -> list[Plan]:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make the method available as ``method=<name>``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name != name.lower() or name in _REGISTRY:
+            raise ValueError(f"method name {name!r} must be lowercase and unique")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"method: unknown method {name!r}, pick one in {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(options: dict[str, Any]) -> Method:
+    """Instantiate the method named in ``options['name']`` with the rest validated by its Config."""
+    cls = get(options.get("name", ""))
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - fields - {"name"})
+    if unknown:
+        raise ConfigError(f"method.{unknown[0]}: not an option of method {cls.name} "
+                          f"(options: {', '.join(sorted(fields)) or 'none'})")
+    try:
+        cfg = cls.Config(**{k: v for k, v in options.items() if k != "name"})
+    except TypeError as e:
+        raise ConfigError(f"method: {e}") from None
+    return cls(cfg)
+
+
+def random_scores(model: nn.Module, names: list[str], seed: int) -> dict[str, torch.Tensor]:
+    """Uniform random scores per entry (seeded): top-k of them is a uniformly random k-subset."""
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {n: torch.rand(params[n].shape, generator=gen) for n in names}

@@ -1,0 +1,42 @@
+"""IRD and reverse IRD (Dong et al. 2024, Algorithm 1 and Eq. 5-6) as methods: one plan per visited cell.
+
+Both names live in this module because they are one walk in two directions (`fishtune.ird.ird_walk`).
+Options recorded in every result: ``nested`` (the candidate range shrinks, default) and ``reverse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError
+from ..ird import ird_walk
+from .base import Context, Method, Plan, register
+
+
+class _Walk(Method):
+    reverse = False
+
+    @dataclass
+    class Config:
+        nested: bool = True  # each cell's mask inside the last larger-ratio cell's (ALGORITHMS.md)
+
+    def plans(self, ctx: Context) -> list[Plan]:
+        if ctx.sparsity.mode != "ladder":
+            raise ConfigError(f"method={self.name} walks a ladder: use sparsity=ladder "
+                              f"(got sparsity={ctx.sparsity.name})")
+        cells = ird_walk(ctx.selector, ctx.ladder.samples, ctx.ladder.ratios, ctx.seed,
+                         nested=self.cfg.nested, reverse=self.reverse)
+        return [Plan(cell=c.name, mask=c.mask, ratio=c.ratio, samples=c.samples,
+                     info={"sample_indices": c.sample_indices, "phi": c.phi, "nested": self.cfg.nested,
+                           "reverse": self.reverse, **c.info})
+                for c in cells]
+
+
+@register("ird")
+class IRD(_Walk):
+    reverse = False
+
+
+@register("reverse_ird")
+class ReverseIRD(_Walk):
+    reverse = True

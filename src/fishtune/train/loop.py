@@ -1,0 +1,171 @@
+"""The fine-tuning loop: AdamW on whatever is trainable, dev evaluation, early stopping, bf16, progress.
+
+Paper §5.3: batch size 32, the task's learning rate, early stopping with patience 10 epochs once the score
+exceeds 0.3. Inputs are padded per batch (dynamic padding; ``group_by_length`` sorts batches by length);
+bf16 autocast on CUDA, fp32 on CPU. The loop knows only the model, a `StepHook` and the data: it never
+imports a method. The score reported is the best dev epoch's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import TaskConfig, TrainConfig
+from ..data.metrics import compute_metrics, headline
+from ..masked import MaskedAdamW
+
+__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict"]
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    score: float
+    metrics: dict[str, float]
+    best_epoch: int
+    steps: int
+    epochs_run: int
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _loader(ds, collate, batch_size: int, shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    if group_by_length:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        lengths = [len(x) for x in ds["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=gen)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
+
+
+def _autocast(device: torch.device, bf16: bool):
+    enabled = bf16 and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds, collate, device, batch_size: int = 64, bf16: bool = True):
+    """Predictions (class ids, or floats for one output) and labels over ``ds``."""
+    model.eval()
+    preds, labels = [], []
+    for batch in _loader(ds, collate, batch_size, shuffle=False, seed=0):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        y = batch.pop("labels")
+        with _autocast(device, bf16):
+            logits = model(**batch).logits.float()
+        preds.append(logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1))
+        labels.append(y)
+    return torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+def evaluate(model: nn.Module, evals: dict, collate, task: TaskConfig, device, batch_size: int = 64,
+             bf16: bool = True) -> tuple[float, dict[str, float]]:
+    """(headline score, all metrics) over the task's eval splits; with several splits (MNLI) metrics are
+    prefixed by the split and the headline is their mean."""
+    metrics, scores = {}, []
+    for split, ds in evals.items():
+        p, y = predict(model, ds, collate, device, batch_size, bf16)
+        m = compute_metrics(task.metric, p, y)
+        scores.append(headline(task.metric, m))
+        prefix = "" if len(evals) == 1 else f"{split}/"
+        metrics.update({prefix + k: v for k, v in m.items()})
+    return float(sum(scores) / len(scores)), metrics
+
+
+def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
+        device: torch.device, seed: int, hook: Callable | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model``'s trainable parameters; evaluate every epoch (and every ``eval_every`` steps).
+
+    Raises NonFiniteLoss (with the step) on a NaN/inf loss. Returns the best evaluation's metrics; the
+    model is left with the weights of the best evaluation.
+    """
+    torch.manual_seed(seed)
+    lr = cfg.lr or task.lr
+    opt = MaskedAdamW(model, lr=lr, weight_decay=cfg.weight_decay)
+    loader = _loader(train_ds, collate, cfg.batch_size, shuffle=True, seed=seed, group_by_length=cfg.group_by_length)
+    steps_per_epoch = max(1, len(loader))
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    if cfg.scheduler == "linear":
+        from transformers import get_linear_schedule_with_warmup
+
+        sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    best: dict = {"score": -math.inf}
+    history, step, seen, train_time, stale, stopped = [], 0, 0, 0.0, 0, False
+    bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, leave=False)
+
+    def run_eval(epoch: int) -> None:
+        nonlocal best, stale
+        score, metrics = evaluate(model, evals, collate, task, device, cfg.eval_batch_size, cfg.bf16)
+        entry = {"epoch": epoch, "step": step, "score": score, "metrics": metrics}
+        history.append(entry)
+        if score > best["score"]:
+            best = {**entry, "state": {id(p): p.detach().clone() for p in trainable}}
+            stale = 0
+        else:
+            stale += 1
+        bar.set_postfix(score=f"{score:.4f}")
+        if on_epoch:
+            on_epoch(entry)
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for batch in loader:
+            t0 = time.perf_counter()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with _autocast(device, cfg.bf16):
+                loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLoss(step + 1, float(loss))
+            loss.backward()
+            if hook is not None:
+                hook(model, step)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            step += 1
+            seen += batch["labels"].shape[0]
+            bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                run_eval(epoch)
+            if step >= total:
+                break
+        run_eval(epoch)
+        if step >= total:
+            break
+        if cfg.early_stopping and stale >= cfg.patience and best["score"] > cfg.threshold:
+            stopped = True
+            break
+    bar.close()
+    with torch.no_grad():
+        for p in trainable:
+            p.copy_(best["state"][id(p)])
+    return TrainResult(score=best["score"], metrics=best["metrics"], best_epoch=best["epoch"], steps=step,
+                       epochs_run=history[-1]["epoch"], train_seconds=train_time,
+                       samples_per_second=seen / train_time if train_time else 0.0,
+                       history=[{k: v for k, v in h.items()} for h in history], stopped_early=stopped)
