@@ -111,7 +111,8 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
                         fisher_kind=rc.fisher.kind, fisher_grad=rc.fisher.grad, engine=rc.fisher.engine,
                         batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress)
     t1 = time.perf_counter()
-    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed)
+    steps = rc.train.max_steps or -(-len(data.train) // rc.train.batch_size) * rc.train.epochs  # as fit counts
+    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed, train_steps=steps)
     plans = method.plans(ctx)
     timings["selection_seconds"] = time.perf_counter() - t1
     if rc.cell is not None and rc.cell not in [p.cell for p in plans]:
@@ -185,6 +186,9 @@ def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, 
         tr = fit(train_model, data.train, data.eval, collate, rc.task, rc.train, device, rc.seed, hook=plan.hook)
     except NonFiniteLoss as e:
         return {**cell, "status": "failed", "reason": str(e), "failed_step": e.step}
+    if getattr(plan.hook, "trained_count", None) is not None:  # a hook that grows its own set (ID³)
+        cell.update(trainable_params=plan.hook.trained_count,
+                    trainable_ratio=100.0 * plan.hook.trained_count / num_params)
     if rc.save_delta and plan.mask is not None:
         cell["delta_bytes"] = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
     cell.update(status="ok", score=tr.score, metrics=tr.metrics, best_epoch=tr.best_epoch, steps=tr.steps,

@@ -48,6 +48,7 @@ class Context:
     ladder: LadderConfig
     num_samples: int  # fisher.num_samples
     seed: int
+    train_steps: int | None = None  # optimizer steps the fine-tune will take (ID³'s schedule); None: unknown
 
     @property
     def model(self) -> nn.Module:
