@@ -1,0 +1,131 @@
+"""Collect result.json files into the tidy table every report figure is drawn from.
+
+`collect(*roots)` reads one or more folders (a multirun, several multiruns, Slurm outputs) through
+`fishtune.results.load_results` and adds the columns the report needs:
+
+- ``nominal_ratio``: the parameter ratio (percent) a row was asked for: the cell's ratio, else the job's
+  sparsity when it is a number (failed/skipped jobs carry only the sparsity name), else NaN;
+- ``kind``: ``single`` (one score per job), ``ladder`` or ``grid`` (the cells of a staircase/grid job);
+- ``run``: one id per result.json (its folder), so cells of the same job can be grouped.
+
+It also holds the shared vocabulary (task and method order, display names, number formatting). Nothing here
+imports torch or the training code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from fishtune.results import load_results
+
+# GLUE's own order; tasks not listed come after, alphabetically.
+TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+TASK_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+              "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+# Table 2's row order within one parameter ratio; methods not listed come after, alphabetically.
+METHOD_ORDER = ("dense", "bitfit", "random", "diff_pruning", "lora", "fish", "fish_lora", "fish_adapter", "gmt",
+                "id3", "ird", "reverse_ird")
+METHOD_NAMES = {"dense": "Dense Fine-tuning", "bitfit": "BitFit", "random": "Random Mask",
+                "diff_pruning": "Diff Pruning", "lora": "LoRA", "fish": "FISH Mask", "ird": "IRD",
+                "reverse_ird": "Reverse IRD", "fish_lora": "FISH+LoRA", "fish_adapter": "FISH+Adapter",
+                "gmt": "GMT", "id3": "ID3"}
+# Methods whose trainable share does not follow `sparsity`: one Table 2 row each, at their measured ratio.
+INTRINSIC = frozenset({"dense", "bitfit"})
+# The (left, right) pairs the ladder heatmaps compare, in the order they are looked for.
+PAIRS = (("fish", "ird"), ("ird", "reverse_ird"))
+MISSING = "–"
+
+COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
+           "score", "trainable_params", "trainable_ratio", "mask_sha256", "path")
+
+
+def collect(*roots: str | Path) -> pd.DataFrame:
+    """Every result (one row per run, or per ladder/grid cell) under ``roots``, with the report's columns.
+
+    An empty folder gives an empty frame with the same columns, never an error.
+    """
+    frames = [load_results(r) for r in roots]
+    frames = [f for f in frames if not f.empty]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
+    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
+    df["run"] = df["path"]
+    df["kind"] = df["sparsity"].map(_kind)
+    df["nominal_ratio"] = [r if not _isnan(r) else _as_float(s) for r, s in zip(df["ratio"], df["sparsity"])]
+    df["nominal_ratio"] = pd.to_numeric(df["nominal_ratio"], errors="coerce")
+    return df
+
+
+def _kind(sparsity: str | None) -> str:
+    return sparsity if sparsity in ("ladder", "grid") else "single"
+
+
+def _as_float(s) -> float:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def ordered(values: Iterable, order: Iterable) -> list:
+    """The distinct ``values`` sorted by their place in ``order``; others after, alphabetically."""
+    rank = {v: i for i, v in enumerate(order)}
+    distinct = {v for v in values if v is not None and not _isnan(v)}
+    return sorted(distinct, key=lambda v: (rank.get(v, len(rank)), str(v)))
+
+
+def task_name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def fmt_score(x: float, scale: float = 100.0, digits: int = 1) -> str:
+    """A score as the paper prints it: ×100, one decimal; "–" when there is none."""
+    return MISSING if _isnan(x) else f"{x * scale:.{digits}f}"
+
+
+def fmt_ratio(r: float) -> str:
+    """A parameter ratio in percent: 100%, 0.5%, 0.08%, 0.02%."""
+    if _isnan(r):
+        return MISSING
+    if r >= 10:
+        return f"{r:.0f}%"
+    return f"{float(f'{r:.2g}'):g}%"
+
+
+def status_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs per status (one count per result.json, not per cell), by task/model/method: the report's
+    inventory, so skipped and failed jobs are listed rather than dropped."""
+    runs = df.drop_duplicates("run")
+    if runs.empty:
+        return pd.DataFrame(columns=["task", "model", "method", "sparsity", "ok", "skipped", "failed"])
+    out = (runs.groupby(["task", "model", "method", "sparsity", "status"], dropna=False).size()
+           .unstack("status", fill_value=0).reset_index())
+    for s in ("ok", "skipped", "failed"):
+        if s not in out.columns:
+            out[s] = 0
+    out.columns.name = None
+    return out[["task", "model", "method", "sparsity", "ok", "skipped", "failed"]]
+
+
+def problems(df: pd.DataFrame) -> pd.DataFrame:
+    """Every skipped or failed run/cell with its reason (the report lists them under the table)."""
+    bad = df[df["status"] != "ok"]
+    return bad[["task", "model", "method", "sparsity", "seed", "cell", "status", "reason", "path"]].reset_index(
+        drop=True)
