@@ -156,6 +156,7 @@ def test_build_report_writes_files(tmp_path, table_sweep):
 
     ladder_sweep(table_sweep)
     run(table_sweep, "rte", "fish", "grid", cells={(r, n): 0.5 + r / 10 + n / 1000 for r in (0.1, 2.5) for n in (1, 8)})
+    run(table_sweep, "wnli", "ird", "ladder", status="failed", reason="boom")  # failed before any cell
     out = tmp_path / "out"
     written = build_report(table_sweep, out)
     names = {p.name for p in written}
@@ -165,7 +166,20 @@ def test_build_report_writes_files(tmp_path, table_sweep):
         assert name in names, name
         assert (out / name).stat().st_size > 0
     readme = (out / "README.md").read_text()
-    assert "skipped" in readme and "out of memory" in readme
+    assert "skipped" in readme and "out of memory" in readme and "boom" in readme
+    assert "heatmap_wnli_m_fish-vs-ird.png" in names  # shown (empty, with its reason), not dropped
+
+
+def test_cell_ratio_from_name(tmp_path):
+    from fishtune.report.collect import collect
+
+    path = run(tmp_path, "rte", "ird", "ladder", cells={(2.5, 8): 0.6, (0.5, 4): 0.7})
+    data = __import__("json").loads(path.read_text())
+    for c in data["cells"]:
+        del c["ratio"]  # a writer that keeps the ratio only in the cell name
+    write_json(path, data)
+    df = collect(tmp_path)
+    assert sorted(df["ratio"]) == [0.5, 2.5] and sorted(df["samples"]) == [4, 8]
 
 
 def test_cli_and_empty_folder(tmp_path, table_sweep, capsys):

@@ -10,10 +10,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .collect import collect, problems, status_counts
-from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps
-from .scaling import scaling_data, write_scaling
-from .table import table2_csv, table2_data, table2_latex, table2_markdown
+import matplotlib
+
+matplotlib.use("Agg")  # batch drawing (CLI, Hydra callback); the figures themselves are plain Figure objects
+
+from .collect import collect, problems, status_counts  # noqa: E402
+from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
+from .scaling import scaling_data, write_scaling  # noqa: E402
+from .table import table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
 
 
 def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -> list[Path]:
@@ -73,4 +77,4 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds) -> str:
     if not arrows.empty:
         lines += ["## Arrow counts", "", arrows_markdown(arrows)]
     lines += ["## Table 2", "", table2_markdown(long)]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"

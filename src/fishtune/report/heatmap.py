@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from .collect import PAIRS, TASK_ORDER, method_name, ordered, task_name  # noqa: E402
+from .collect import PAIRS, TASK_ORDER, method_name, ordered, task_name
 
 TOL = 1e-9  # scores closer than this are a tie
 UNEXPLORED = "unexplored"
@@ -178,7 +176,7 @@ _GREY, _FAILED, _SKIPPED = (0.82, 0.82, 0.82, 1.0), (0.96, 0.78, 0.78, 1.0), (0.
 
 
 def _colours(values: np.ndarray, status: np.ndarray) -> np.ndarray:
-    cmap = plt.get_cmap("Greens")
+    cmap = matplotlib.colormaps["Greens"]
     rgba = np.zeros((*values.shape, 4))
     ok = ~np.isnan(values)
     lo, hi = (values[ok].min(), values[ok].max()) if ok.any() else (0.0, 1.0)
@@ -193,6 +191,12 @@ def _colours(values: np.ndarray, status: np.ndarray) -> np.ndarray:
 
 def _draw_matrix(ax, pair: LadderPair, side: str, ylabel: bool = True) -> None:
     values, status = getattr(pair, side), getattr(pair, f"{side}_status")
+    method = pair.left_method if side == "left" else pair.right_method
+    if values.size == 0:  # runs without any cell (failed or skipped before training)
+        ax.text(0.5, 0.5, pair.notes.get(side, "no cells"), ha="center", va="center", fontsize=8, wrap=True)
+        ax.set_axis_off()
+        ax.set_title(f"{method_name(method)} on {task_name(pair.task)}", fontsize=9)
+        return
     rgba = _colours(values, status)
     ax.imshow(rgba, aspect="equal", interpolation="nearest")
     for i, j in np.ndindex(values.shape):
@@ -208,14 +212,14 @@ def _draw_matrix(ax, pair: LadderPair, side: str, ylabel: bool = True) -> None:
             ax.text(j, i, status[i, j], ha="center", va="center", fontsize=6, color="dimgray")
     for s, i, j in pair.best:
         if s == side:
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
+                                   zorder=5, clip_on=False))
     ax.set_xticks(range(len(pair.samples)), [str(n) for n in pair.samples])
     ax.set_yticks(range(len(pair.ratios)), [f"{r:g}" for r in pair.ratios])
     ax.set_xlabel("FISH Mask samples", fontsize=8)
     if ylabel:
         ax.set_ylabel("Mask sparsity (%)", fontsize=8)
     ax.tick_params(labelsize=7, length=0)
-    method = pair.left_method if side == "left" else pair.right_method
     title = f"{method_name(method)} on {task_name(pair.task)}"
     if side in pair.notes:
         title += f"\n({pair.notes[side]})"
@@ -234,7 +238,8 @@ def _draw_into(fig, axes, pair: LadderPair) -> None:
 def draw_pair(pair: LadderPair):
     """One pair as its own figure (returned; the caller saves or shows it)."""
     w, h = max(len(pair.samples), 1), max(len(pair.ratios), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(1.0 + 1.6 * w, 1.3 + 0.8 * h), squeeze=False)
+    fig = Figure(figsize=(1.0 + 1.6 * w, 1.3 + 0.8 * h))
+    axes = fig.subplots(1, 2, squeeze=False)
     _draw_into(fig, axes[0], pair)
     c = pair.counts()
     fig.suptitle(f"{task_name(pair.task)} · {pair.model}   ▲{c['wins']} ▼{c['losses']} ={c['ties']}", fontsize=10)
@@ -248,8 +253,8 @@ def draw_combined(pairs: list[LadderPair], per_row: int = 2):
     cols = min(per_row, max(len(pairs), 1))
     w = max((len(p.samples) for p in pairs), default=4)
     h = max((len(p.ratios) for p in pairs), default=4)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(cols * (1.0 + 1.6 * w), rows * (1.5 + 0.8 * h)),
-                             squeeze=False)
+    fig = Figure(figsize=(cols * (1.0 + 1.6 * w), rows * (1.5 + 0.8 * h)))
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for k, pair in enumerate(pairs):
         r, c = divmod(k, per_row)
         _draw_into(fig, axes[r, 2 * c: 2 * c + 2], pair)
@@ -285,5 +290,4 @@ def _save(fig, stem: Path, formats) -> list[Path]:
         path = stem.with_suffix(f".{ext}")
         fig.savefig(path, dpi=150, bbox_inches="tight")
         paths.append(path)
-    plt.close(fig)
     return paths

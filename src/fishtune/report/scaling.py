@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .collect import TASK_ORDER, method_name, ordered, task_name  # noqa: E402
+from .collect import TASK_ORDER, method_name, ordered, task_name
 
 
 def scaling_data(df: pd.DataFrame, method: str = "fish") -> dict[tuple[str, str], pd.DataFrame]:
@@ -38,7 +35,8 @@ def draw_scaling(data: dict[tuple[str, str], pd.DataFrame], method: str = "fish"
     n = max(len(data), 1)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, ((task, model), table) in zip(axes.flat, data.items()):
         for ratio in table.columns:
             s = table[ratio]
@@ -70,5 +68,4 @@ def write_scaling(data: dict, out: Path, method: str = "fish", formats=("png", "
         path = out / f"scaling_{method}.{ext}"
         fig.savefig(path, dpi=150, bbox_inches="tight")
         paths.append(path)
-    plt.close(fig)
     return paths
