@@ -1,0 +1,95 @@
+"""Masks: exact k, deterministic ties, candidates, per-tensor scope, save/load with sha256, BitFit, random."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import collate, tiny_examples, tiny_model
+
+from fishtune.masks import Mask, num_selected, select_top_k
+from fishtune.methods import Context, create
+from fishtune.config import LadderConfig, SparsityConfig
+from fishtune.models import head_names
+from fishtune.selection import Selector
+
+
+def test_exact_count_and_ties_by_index():
+    scores = {"a": torch.tensor([1.0, 3.0, 3.0, 0.0]), "b": torch.tensor([[3.0, 2.0], [3.0, 5.0]])}
+    m = select_top_k(scores, 3)
+    assert m.count == 3
+    assert m.indices["b"].tolist() == [3] and m.indices["a"].tolist() == [1, 2]  # 5, then the first two 3s
+    low = select_top_k(scores, 2, largest=False)
+    assert low.count == 2 and low.indices["a"].tolist() == [0, 3]
+
+
+def test_candidates_restrict_the_choice():
+    scores = {"a": torch.arange(10.0)}
+    cand = Mask({"a": torch.tensor([0, 2, 4])}, {"a": (10,)})
+    assert select_top_k(scores, 2, candidates=cand).indices["a"].tolist() == [2, 4]
+    with pytest.raises(ValueError, match="only 3 candidates"):
+        select_top_k(scores, 4, candidates=cand)
+
+
+def test_per_tensor_scope_exact_total():
+    scores = {"a": torch.rand(100), "b": torch.rand(300)}
+    m = select_top_k(scores, 40, scope="per_tensor")
+    assert m.count == 40 and len(m.indices["a"]) == 10 and len(m.indices["b"]) == 30
+
+
+def test_num_selected_rules():
+    assert num_selected(0.5, 1000) == 5
+    assert num_selected(0.02, 1000) == 1  # at least one
+    assert num_selected(20, 900, head=100, rule="fish_reference") == 100  # floor(0.2·1000) − 100
+    for bad in (0, -1, 100.5):
+        with pytest.raises(ValueError, match=r"ratio must be in \(0, 100\]"):
+            num_selected(bad, 1000)
+
+
+def test_save_load_roundtrip_and_corruption(tmp_path):
+    m = select_top_k({"w": torch.rand(5, 7), "b": torch.rand(3)}, 9)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    back = Mask.load(path)
+    assert back.sha256() == m.sha256() and back.count == 9
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        Mask.load(path)
+
+
+def test_mask_for_another_model_is_rejected():
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match="not in the model"):
+        Mask({"nope.weight": torch.tensor([0])}, {"nope.weight": (3,)}).check_model(model)
+    name, p = next(iter(model.named_parameters()))
+    with pytest.raises(ValueError, match="has shape"):
+        Mask({name: torch.tensor([0])}, {name: (1, 2, 3)}).check_model(model)
+
+
+def _ctx(model, seed=0, ratio=0.5):
+    ex = tiny_examples(16)
+    sel = Selector(model, ex, collate, head=head_names(model), progress=False)
+    return Context(sel, SparsityConfig(name=str(ratio), ratio=ratio), LadderConfig(), 8, seed)
+
+
+def test_random_and_fish_masks_exact_and_seeded():
+    model = tiny_model("bert")
+    for name in ("random", "fish"):
+        a = create({"name": name}).plans(_ctx(model, 0))[0].mask
+        b = create({"name": name}).plans(_ctx(model, 0))[0].mask
+        c = create({"name": name}).plans(_ctx(model, 1))[0].mask
+        k = _ctx(model).selector.k(0.5)
+        assert a.count == b.count == c.count == k
+        assert a.sha256() == b.sha256(), f"{name}: same seed must give the same mask"
+        assert a.sha256() != c.sha256(), f"{name}: another seed must give another mask"
+        head = set(head_names(model))
+        assert not head & set(a.indices), "the head is never in the mask"
+
+
+def test_bitfit_selects_only_biases():
+    model = tiny_model("bert")
+    plan = create({"name": "bitfit"}).plans(_ctx(model))[0]
+    assert plan.mask.names() and all(n.endswith("bias") for n in plan.mask.names())
+    params = dict(model.named_parameters())
+    biases = [n for n in params if n.endswith("bias") and n not in head_names(model)]
+    assert plan.mask.count == sum(params[n].numel() for n in biases)
