@@ -86,7 +86,7 @@ def learn_diff(model: nn.Module, batches, names: list[str], head: list[str], cfg
             opt.zero_grad(set_to_none=True)
             (task + cfg.l0_weight * l0).backward()
             opt.step()
-            losses.append(float(task))
+            losses.append(float(task.detach()))
     finally:
         model.train(was_training)
         for n, p in params.items():

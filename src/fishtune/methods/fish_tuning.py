@@ -168,7 +168,7 @@ def _warm_up(model: nn.Module, sel, indices: list[int], steps: int, lr: float, s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

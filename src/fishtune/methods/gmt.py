@@ -21,7 +21,6 @@ Choices where our copy of the paper is silent (all options, recorded in ``plan.i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,17 +31,15 @@ from .base import Context, Method, Plan, register
 
 
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile(x, q) (linear interpolation) for any size, via kthvalue."""
+    """torch.quantile(x, q) (linear interpolation, same arithmetic: rank in x's dtype, lerp) for any size,
+    via kthvalue."""
     flat = x.reshape(-1)
     n = flat.numel()
-    pos = q * (n - 1)
-    lo = math.floor(pos)
-    frac = pos - lo
+    rank = torch.tensor(q, dtype=flat.dtype) * (n - 1)
+    lo = int(rank.floor())
     v_lo = flat.kthvalue(lo + 1).values
-    if frac == 0 or lo + 1 >= n:
-        return v_lo
-    v_hi = flat.kthvalue(lo + 2).values
-    return v_lo + frac * (v_hi - v_lo)
+    v_hi = flat.kthvalue(min(lo + 2, n)).values if lo + 1 < n else v_lo
+    return torch.lerp(v_lo, v_hi, (rank - lo).to(flat.device))
 
 
 class GradientMask:
