@@ -155,7 +155,8 @@ def test_build_report_writes_files(tmp_path, table_sweep):
     from fishtune.report.build import build_report
 
     ladder_sweep(table_sweep)
-    run(table_sweep, "rte", "fish", "grid", cells={(r, n): 0.5 + r / 10 + n / 1000 for r in (0.1, 2.5) for n in (1, 8)})
+    grid = {(r, n): 0.5 + r / 10 + n / 1000 for r in (0.1, 2.5) for n in (1, 8)}
+    run(table_sweep, "rte", "fish", "grid", cells=grid)
     run(table_sweep, "wnli", "ird", "ladder", status="failed", reason="boom")  # failed before any cell
     out = tmp_path / "out"
     written = build_report(table_sweep, out)

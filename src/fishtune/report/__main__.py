@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fishtune-report",
-                                     description="The paper's heatmaps, Table 2 and scaling plot from result.json files.")
+    parser = argparse.ArgumentParser(
+        prog="fishtune-report", description="The paper's heatmaps, Table 2 and scaling plot from result.json files.")
     parser.add_argument("dirs", nargs="+", type=Path, help="folders holding result.json files (a sweep, several)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first dir>/report)")
     parser.add_argument("--no-pdf", action="store_true", help="write PNG figures only")

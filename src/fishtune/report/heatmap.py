@@ -60,7 +60,8 @@ class LadderPair:
         rows = []
         best = set(self.best)
         for side in ("left", "right"):
-            values, status, seeds = getattr(self, side), getattr(self, f"{side}_status"), getattr(self, f"{side}_seeds")
+            values, status = getattr(self, side), getattr(self, f"{side}_status")
+            seeds = getattr(self, f"{side}_seeds")
             method = self.left_method if side == "left" else self.right_method
             for i, r in enumerate(self.ratios):
                 for j, n in enumerate(self.samples):
@@ -161,7 +162,8 @@ def arrow_counts(pairs: list[LadderPair]) -> pd.DataFrame:
 
 def arrows_markdown(counts: pd.DataFrame) -> str:
     """The arrow counts as a Markdown table ("wins > losses" in the last column)."""
-    lines = ["| task | model | right vs left | ▲ wins | ▼ losses | = ties | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | model | right vs left | ▲ wins | ▼ losses | = ties | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in counts.itertuples():
         verdict = ">" if r.wins > r.losses else "<" if r.wins < r.losses else "="
         name = task_name(r.task) if r.task != "total" else "**total**"

@@ -78,7 +78,8 @@ def table2_data(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, method, key, task), g in e.groupby(["model", "method", "ratio_key", "task"], sort=False):
         ok = g[g["status"] == "ok"]
-        n_ok, n_failed, n_skipped = len(ok), int((g["status"] == "failed").sum()), int((g["status"] == "skipped").sum())
+        n_ok = len(ok)
+        n_failed, n_skipped = int((g["status"] == "failed").sum()), int((g["status"] == "skipped").sum())
         mean = ok["score"].mean() if n_ok else math.nan
         std = ok["score"].std(ddof=1) if n_ok > 1 else math.nan
         rows.append({"model": model, "method": method, "ratio_key": key, "task": task, "mean": mean, "std": std,
