@@ -1,0 +1,159 @@
+"""run.py end to end: real MiniLM on real GLUE rows, ladder jobs that resume, and bad input (one line,
+non-zero exit, no result that claims ok)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, needs_minilm
+
+from fishtune.results import load_results, read_result
+
+TINY = ["model=tiny-bert", "train=debug", "data.max_train_samples=48", "data.max_eval_samples=16",
+        "fisher.num_samples=8"]
+LADDER = ["method=ird", "sparsity=ladder", "ladder.samples=[16,8,4,1]", "ladder.ratios=[20,10,5,1]"]
+
+
+def run(args, cwd, check=False, env=None):
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_minilm_fish_lora_bitfit_write_valid_results(tmp_path):
+    run(["-m", "model=minilm", "task=glue/rte", "method=fish,lora,bitfit", "sparsity=0.5", "train=debug",
+         "data.max_train_samples=48", "data.max_eval_samples=24", "fisher.num_samples=8", "name=e2e"],
+        tmp_path, check=True)
+    df = load_results(tmp_path / "outputs" / "multirun" / "e2e")
+    assert sorted(df.method) == ["bitfit", "fish", "lora"] and set(df.status) == {"ok"}
+    for path in (tmp_path / "outputs").rglob("result.json"):
+        r = read_result(path)
+        for key in ("config", "metrics", "score", "trainable_params", "total_params", "trainable_ratio", "seed",
+                    "timings", "peak_memory", "versions"):
+            assert key in r, f"{key} missing from {path}"
+        assert r["total_params"] == 22713216  # MiniLM without its 2-class head (770 values)
+        assert 0 <= r["score"] <= 1 and "accuracy" in r["metrics"]
+        assert r["trainable_ratio"] == pytest.approx(100 * r["trainable_params"] / r["total_params"])
+        if r["method"] == "fish":
+            assert r["trainable_params"] == 113566 and len(r["mask_sha256"]) == 64
+            assert len(r["info"]["sample_indices"]) == 8
+        if r["method"] == "lora":
+            assert r["info"]["lora_r"] >= 1 and r["trainable_params"] > 0
+        assert {"torch", "transformers", "peft"} <= set(r["versions"])
+
+
+def test_ladder_job_resumes_only_missing_cells(tmp_path):
+    args = [*TINY, *LADDER, "task=glue/rte", "hydra.run.dir=job"]
+    first = run(args, tmp_path, check=True)
+    assert first.stdout.count(": training") == 7
+    result = read_result(tmp_path / "job" / "result.json")
+    assert [c["cell"] for c in result["cells"]] == ["r20-n16", "r20-n8", "r10-n8", "r10-n4", "r5-n4", "r5-n1",
+                                                   "r1-n1"]
+    assert result["best_cell"] in {c["cell"] for c in result["cells"]}
+    assert all(len(c["mask_sha256"]) == 64 and c["info"]["sample_indices"] for c in result["cells"])
+    assert "nested" in result["cells"][1]["info"]
+    assert "r1-n1" in first.stdout and "samples" in first.stdout  # the printed table
+    cells = tmp_path / "job" / "cells"
+    (cells / "r10-n4.json").unlink()
+    text = (cells / "r5-n1.json").read_text()
+    (cells / "r5-n1.json").write_text(text[: len(text) // 2])  # half-written: not finished
+    (tmp_path / "job" / "result.json").unlink()
+    again = run(args, tmp_path, check=True)
+    assert again.stdout.count(": training") == 2 and again.stdout.count("already complete") == 5
+    resumed = read_result(tmp_path / "job" / "result.json")
+    assert [c["score"] for c in resumed["cells"]] == [c["score"] for c in result["cells"]]
+    assert run(args, tmp_path, check=True).stdout.count("already complete") == 1  # the whole job is done
+
+
+def test_killed_ladder_job_finishes_the_rest(tmp_path):
+    args = [*TINY, *LADDER, "task=glue/wnli", "hydra.run.dir=job"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    cells = tmp_path / "job" / "cells"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(cells.glob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(cells.glob("*.json")))
+    assert 2 <= done < 7, "kill the job part-way"
+    again = run(args, tmp_path, check=True)
+    assert again.stdout.count(": training") == 7 - done
+    full = run([*args[:-1], "hydra.run.dir=uninterrupted"], tmp_path, check=True)
+    a = read_result(tmp_path / "job" / "result.json")
+    b = read_result(tmp_path / "uninterrupted" / "result.json")
+    assert [c["score"] for c in a["cells"]] == [c["score"] for c in b["cells"]]
+    assert [c["mask_sha256"] for c in a["cells"]] == [c["mask_sha256"] for c in b["cells"]]
+
+
+def test_same_seed_same_mask_and_metrics(tmp_path):
+    base = [*TINY, "task=glue/rte", "method=fish"]
+    for d, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run([*base, f"seed={seed}", f"hydra.run.dir={d}"], tmp_path, check=True)
+    a, b, c = (read_result(tmp_path / d / "result.json") for d in "abc")
+    assert a["mask_sha256"] == b["mask_sha256"] and a["metrics"] == b["metrics"]
+    assert a["info"]["sample_indices"] == b["info"]["sample_indices"]
+    assert a["info"]["sample_indices"] != c["info"]["sample_indices"]
+
+
+BAD = [
+    (["model=nope"], "model: unknown option 'nope', pick one in"),
+    (["task=glue/nope"], "task: unknown option 'glue/nope', pick one in"),
+    (["method=nope"], "method: unknown option 'nope', pick one in"),
+    (["sparsity=7"], "sparsity: unknown option '7', pick one in"),
+    (["sparsity.ratio=0"], "sparsity.ratio must be in (0, 100]"),
+    (["sparsity.ratio=100.5"], "sparsity.ratio must be in (0, 100]"),
+    (["train.max_steps=0"], "train.max_steps must be >= 1"),
+    (["fisher.num_samples=500"], "fisher.num_samples=500 is larger than the training set (48 examples of rte)"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[128,32,16,1]"], "asks for 128 samples, the training set has 48"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[1,16,32,128]"], "ladder.samples must be strictly decreasing"),
+    (["model=bert-base"], "model bert-base: weights for 'google-bert/bert-base-uncased' not found locally"),
+    (["device=cuda"], "device=cuda: CUDA is not available"),
+    (["method=ird"], "method=ird walks a ladder: use sparsity=ladder"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_no_ok_result(tmp_path, args, message):
+    if "device=cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    out = run([*TINY, "task=glue/rte", *args, "hydra.run.dir=job"], tmp_path)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    for path in tmp_path.rglob("result.json"):
+        assert json.loads(path.read_text())["status"] != "ok"
+
+
+def test_missing_data_is_skipped_and_sweep_goes_on(tmp_path):
+    out = run(["-m", *TINY, "method=bitfit", "task=glue/qqp,glue/wnli", "name=s"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped: task qqp: data not found in" in out.stderr and "QQP" in out.stderr
+    df = load_results(tmp_path / "outputs" / "multirun" / "s")
+    status = dict(zip(df.task, df.status))
+    assert status == {"qqp": "skipped", "wnli": "ok"}
+    single = run([*TINY, "method=bitfit", "task=glue/mnli", "hydra.run.dir=m"], tmp_path)
+    assert single.returncode != 0 and "skipped: task mnli: data not found in" in single.stderr
+
+
+def test_nan_loss_fails_with_step(tmp_path):
+    out = run([*TINY, "task=glue/rte", "method=dense", "train.lr=1e30", "train.max_steps=4", "hydra.run.dir=j"],
+              tmp_path)
+    r = read_result(Path(tmp_path) / "j" / "result.json")
+    assert r["status"] == "failed" and r["failed_step"] >= 1 and "at step" in r["reason"]
+    assert out.returncode != 0
