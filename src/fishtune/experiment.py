@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .data.glue import DataUnavailable, load_task, tokenize
-from .masked import apply_mask, save_delta, trainable_count
+from .masked import apply_mask, merge, save_delta, trainable_count
 from .methods import Context, Plan, create
 from .models import ModelUnavailable, load_model
 from .results import SCHEMA, is_complete, read_result, write_json
@@ -68,12 +68,15 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
-def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print) -> dict[str, Any]:
+def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print,
+                   before_cell=None) -> dict[str, Any]:
     """Run (or resume) the job described by ``rc`` in ``out_dir``; return the result written there.
 
     ``config`` is the resolved config as plain data (recorded, and hashed to recognise finished work).
     Raises ConfigError/ValueError for bad input found before training; data missing offline gives a
     ``skipped`` result, a non-finite loss a ``failed`` one (with the step).
+    ``before_cell(name)``, when given, is called before each cell is trained and may raise to stop the
+    run there (the Slurm launcher's stop on SIGTERM); finished cells stay on disk.
     """
     out = Path(out_dir)
     chash = config_hash(config)
@@ -132,7 +135,9 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
             log(f"cell {plan.cell}: already complete")
             cells.append(read_result(cell_path))
             continue
-        model.load_state_dict(initial)
+        if before_cell is not None:
+            before_cell(plan.cell)
+        merge(model).load_state_dict(initial)  # drop the last cell's parametrizations, then reset
         log(f"cell {plan.cell}: training ({_describe(plan)})")
         cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out)
         cell = {**base, **cell}
