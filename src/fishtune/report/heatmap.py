@@ -13,6 +13,7 @@ status, the up/down marks of the right matrix and the best cell of the pair); `a
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +196,8 @@ def _draw_matrix(ax, pair: LadderPair, side: str, ylabel: bool = True) -> None:
     values, status = getattr(pair, side), getattr(pair, f"{side}_status")
     method = pair.left_method if side == "left" else pair.right_method
     if values.size == 0:  # runs without any cell (failed or skipped before training)
-        ax.text(0.5, 0.5, pair.notes.get(side, "no cells"), ha="center", va="center", fontsize=8, wrap=True)
+        ax.text(0.5, 0.5, textwrap.fill(pair.notes.get(side, "no cells"), 36), ha="center", va="center",
+                fontsize=8)
         ax.set_axis_off()
         ax.set_title(f"{method_name(method)} on {task_name(pair.task)}", fontsize=9)
         return
@@ -224,7 +226,7 @@ def _draw_matrix(ax, pair: LadderPair, side: str, ylabel: bool = True) -> None:
     ax.tick_params(labelsize=7, length=0)
     title = f"{method_name(method)} on {task_name(pair.task)}"
     if side in pair.notes:
-        title += f"\n({pair.notes[side]})"
+        title += "\n" + textwrap.fill(f"({pair.notes[side]})", 40)
     ax.set_title(title, fontsize=9)
     ax.set_xticks(np.arange(-0.5, len(pair.samples)), minor=True)
     ax.set_yticks(np.arange(-0.5, len(pair.ratios)), minor=True)
