@@ -56,7 +56,8 @@ class TaskConfig:
     lr: float = 5e-5  # paper §5.3 (WNLI 5e-6)
     max_length: int = 128  # paper Table 4
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])  # MNLI: matched + mismatched
-    prompt: str | None = None  # decoder input template with {field} slots; None = plain sentence pair
+    prompt: str | None = None  # input template with {field} slots for every model; None: see decoder_prompt
+    decoder_prompt: str | None = None  # template used for decoder models when prompt is None
 
     def __post_init__(self) -> None:
         _check(self.metric in ("accuracy", "matthews", "pearson_spearman", "f1_accuracy"),

@@ -14,7 +14,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,9 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
         write_json(result_path, {**base, "status": "failed", "reason": str(e)})
         raise
     model, head = loaded.model, loaded.head
+    if rc.model.arch == "decoder" and rc.task.prompt is None and rc.task.decoder_prompt:
+        raw.task = replace(rc.task, prompt=rc.task.decoder_prompt)  # decoders read a prompt, paper §5.3
+    base["prompt"] = raw.task.prompt
     data = tokenize(raw, loaded.tokenizer, rc.task.max_length, rc.train.pad_to_max_length)
     timings["load_seconds"] = time.perf_counter() - t0
     from transformers import DataCollatorWithPadding

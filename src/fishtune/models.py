@@ -74,9 +74,11 @@ def load_model(cfg: ModelConfig, num_labels: int, device: str | torch.device = "
     dtype = _dtype(cfg, device)
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
     try:
+        if cfg.gguf_file and (_cache_dir(cfg) / "model.safetensors").is_file():
+            where, kwargs = str(_cache_dir(cfg)), {}
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        if cfg.gguf_file:
-            where, kwargs = _gguf_cached(cfg, where), {}
+        if cfg.gguf_file and kwargs:
+            where, kwargs = _gguf_cached(cfg, where, tokenizer), {}
         if cfg.init == "random":
             config = AutoConfig.from_pretrained(where, num_labels=num_labels, **kwargs)
             for k, v in cfg.config_overrides.items():
@@ -102,14 +104,27 @@ def _dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _gguf_cached(cfg: ModelConfig, where: str) -> str:
-    """Dequantise a GGUF checkpoint once into a safetensors folder and return that folder."""
+def _gguf_cached(cfg: ModelConfig, where: str, tokenizer) -> str:
+    """Dequantise a GGUF checkpoint once into a safetensors folder (config, weights, tokenizer); return it.
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the dequantised tensors are written
+    with safetensors directly (tied weights stored once)."""
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     cache = _cache_dir(cfg)
-    if not (cache / "config.json").is_file():
+    if not (cache / "model.safetensors").is_file():
         model = AutoModelForCausalLM.from_pretrained(where, gguf_file=cfg.gguf_file, dtype=torch.float32)
         tmp = cache.with_name(cache.name + ".tmp")
-        model.save_pretrained(tmp)
-        tmp.replace(cache) if not cache.exists() else None
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = model.state_dict()
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied to the input embeddings: stored once, re-tied on load
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        if cache.exists():
+            import shutil
+
+            shutil.rmtree(cache)
+        tmp.replace(cache)
     return str(cache)
