@@ -11,13 +11,20 @@ AdamW's decoupled weight decay acts on the effective weight W0+delta in `MaskedA
 AdamW on the masked entries would; a stock optimizer (e.g. the one `Trainer` builds) decays delta toward
 zero instead, i.e. toward the pretrained value. Either way unselected entries never move.
 
+Memory: a layer that uses W0+delta (e.g. `F.linear`) keeps it for its backward, one dense copy per masked
+tensor. Inside `recompute_weights()` (the training loop's forward uses it) autograd keeps only a recipe
+(W0, indices, delta) and rebuilds W0+delta when the backward needs it, so no copy outlives its layer.
+
 `merge(model)` folds the deltas into the weights; `sparse_delta`/`save_delta`/`apply_delta` store a trained
 model as the difference only (indices + values + the dense task head), in safetensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,7 +34,11 @@ from torch.nn.utils import parametrize
 from .masks import Mask
 
 __all__ = ["SparseDelta", "apply_mask", "merge", "sparse_delta", "save_delta", "load_delta", "apply_delta",
-           "MaskedAdamW", "trainable_count"]
+           "MaskedAdamW", "trainable_count", "recompute_weights"]
+
+# W0+delta tensors made inside `recompute_weights()`: id -> (weak ref, parametrization, W0)
+_LIVE: dict[int, tuple[weakref.ref, SparseDelta, torch.Tensor]] = {}
+_RECOMPUTE = [0]
 
 
 class SparseDelta(nn.Module):
@@ -42,8 +53,65 @@ class SparseDelta(nn.Module):
         self.delta = nn.Parameter(torch.zeros(idx.numel(), dtype=base.dtype, device=base.device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        flat = weight.reshape(-1).index_add(0, self.indices, self.delta.to(weight.dtype))
-        return flat.view_as(weight)
+        out = self.rebuild(weight, self.delta)
+        if _RECOMPUTE[0]:
+            root = out if out._base is None else out._base  # layers save views of it (F.linear: its .t())
+            _LIVE[id(root)] = (weakref.ref(root), self, weight)
+        return out
+
+    def rebuild(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return weight.reshape(-1).index_add(0, self.indices, delta.to(weight.dtype)).view_as(weight)
+
+
+class _Recipe:
+    """What autograd keeps instead of a W0+delta tensor: enough to rebuild it (no dense copy)."""
+
+    __slots__ = ("param", "weight", "delta", "view")
+
+    def __init__(self, param: SparseDelta, weight: torch.Tensor, view: tuple | None) -> None:
+        # delta's values at forward time: a view of the live parameter (only the optimizer changes it,
+        # after the backward); detached so rebuilding adds nothing to the graph. ``view``: (size, stride,
+        # offset) when the layer saved a view of W0+delta (F.linear saves its transpose)
+        self.param, self.weight, self.delta, self.view = param, weight, param.delta.detach(), view
+
+    def rebuild(self) -> torch.Tensor:
+        full = self.param.rebuild(self.weight, self.delta)
+        return full if self.view is None else full.as_strided(*self.view)
+
+
+@contextlib.contextmanager
+def recompute_weights(enabled: bool = True, stats: dict | None = None) -> Iterator[None]:
+    """Within this context (around the forward), layers that save a W0+delta weight for their backward save
+    a `_Recipe` instead and rebuild the weight in the backward: activation-like memory, nothing dense kept.
+
+    ``stats``, when given, accumulates ``saved_bytes`` (tensors autograd keeps) and ``rebuilt_bytes`` (weights
+    replaced by recipes); ``enabled=False`` only counts (every tensor is kept, as without this context).
+    """
+
+    def pack(t: torch.Tensor):
+        size = t.numel() * t.element_size()
+        base = t if t._base is None else t._base
+        entry = _LIVE.get(id(base))
+        if enabled and entry is not None and entry[0]() is base:
+            if stats is not None:
+                stats["rebuilt_bytes"] = stats.get("rebuilt_bytes", 0) + size
+            view = None if base is t else (t.size(), t.stride(), t.storage_offset())
+            return _Recipe(entry[1], entry[2], view)
+        if stats is not None:
+            stats["saved_bytes"] = stats.get("saved_bytes", 0) + size
+        return t
+
+    def unpack(x):
+        return x.rebuild() if isinstance(x, _Recipe) else x
+
+    _RECOMPUTE[0] += 1
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        _RECOMPUTE[0] -= 1
+        if not _RECOMPUTE[0]:
+            _LIVE.clear()
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import TaskConfig, TrainConfig
 from ..data.metrics import compute_metrics, headline
-from ..masked import MaskedAdamW
+from ..masked import MaskedAdamW, recompute_weights
 
 __all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict"]
 
@@ -134,7 +134,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         for batch in loader:
             t0 = time.perf_counter()
             batch = {k: v.to(device) for k, v in batch.items()}
-            with _autocast(device, cfg.bf16):
+            with _autocast(device, cfg.bf16), recompute_weights():  # no dense W0+delta kept for backward
                 loss = model(**batch).loss
             if not torch.isfinite(loss):
                 bar.close()
