@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,12 @@ TINY = ["model=tiny-bert", "train=debug", "data.max_train_samples=32", "data.max
 def sweep(out: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python run.py -m hydra/launcher=local <overrides>` with its sweep dir in ``out``."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    code = out.parent / "code"  # run.py + conf/ as they were: an edit to conf/ mid-test changes no hash
+    if not code.exists():
+        shutil.copytree(ROOT / "conf", code / "conf", ignore=shutil.ignore_patterns("local"))
+        shutil.copy2(ROOT / "run.py", code / "run.py")
     cmd = [sys.executable, "run.py", "-m", "hydra/launcher=local", *overrides, f"hydra.sweep.dir={out}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def log_lines(out: Path, pattern: str) -> list[str]:
