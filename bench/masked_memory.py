@@ -14,7 +14,7 @@ import gc
 import common
 import torch
 
-from fishtune.masked import MaskedAdamW, apply_mask
+from fishtune.masked import MaskedAdamW, apply_mask, recompute_weights
 from fishtune.models import head_names
 
 
@@ -37,7 +37,7 @@ def _setup(kind: str, model, mask, head, lr: float):
                 params[n].grad.mul_(m)
 
         return model, torch.optim.AdamW(model.parameters(), lr=lr), after_backward
-    if kind == "sparse":
+    if kind in ("sparse", "sparse-keep"):
         apply_mask(model, mask, trainable=head)
         return model, MaskedAdamW(model, lr=lr), None
     from peft import LoraConfig, get_peft_model
@@ -46,8 +46,9 @@ def _setup(kind: str, model, mask, head, lr: float):
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr), None
 
 
-def run(args, kind: str, data, ratio: float) -> tuple[int, float, float]:
-    """(bytes held in grads + optimizer state, mean step seconds, peak GPU bytes or 0)."""
+def run(args, kind: str, data, ratio: float) -> tuple[int, float, float, int]:
+    """(bytes held in grads + optimizer state, mean step seconds, peak GPU bytes or 0, bytes autograd keeps
+    for one backward beyond the parameters: activations and, for sparse-keep, the W0+delta copies)."""
     model = common.build_model(args)
     head = head_names(model)
     mask = common.random_mask(model, ratio, exclude=head, seed=args.seed)
@@ -57,9 +58,12 @@ def run(args, kind: str, data, ratio: float) -> tuple[int, float, float]:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
+    saved: dict = {}
+
     def step(batch):
         opt.zero_grad(set_to_none=True)
-        with autocast:
+        saved.clear()
+        with autocast, recompute_weights(enabled=kind == "sparse", stats=saved):
             loss = common.loss_of(model, batch)
         loss.backward()
         if after_backward:
@@ -77,7 +81,7 @@ def run(args, kind: str, data, ratio: float) -> tuple[int, float, float]:
     gc.collect()
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return held, sum(times) / len(times), peak
+    return held, sum(times) / len(times), peak, saved.get("saved_bytes", 0)
 
 
 def main() -> None:
@@ -98,14 +102,17 @@ def main() -> None:
         rows = [(torch.randint(3, vocab, (args.seq,), generator=gen).tolist(), y) for _, y in rows]
     data = common.batches(rows, args.batch, pad, pad_to=args.seq, device=args.device)
     out = {}
-    for kind in ("dense", "dense-mask", "sparse", "lora-r8"):
+    for kind in ("dense", "dense-mask", "sparse-keep", "sparse", "lora-r8"):
         out[kind] = run(args, kind, data, args.ratio)
-        held, t, peak = out[kind]
+        held, t, peak, kept = out[kind]
         gpu = f", peak GPU {peak / 2**30:.2f} GiB" if peak else ""
-        print(f"{kind:>10}: grads + optimizer state {held / 2**20:10.3f} MiB, step {t * 1e3:8.1f} ms{gpu}", flush=True)
+        print(f"{kind:>11}: grads + optimizer state {held / 2**20:10.3f} MiB, kept for backward "
+              f"{kept / 2**20:9.2f} MiB, step {t * 1e3:8.1f} ms{gpu}", flush=True)
     ours, ref, lora = out["sparse"], out["dense-mask"], out["lora-r8"]
     print(f"sparse vs LoRA r=8: memory held {ours[0] / lora[0]:.3g}× LoRA's, step time {ours[1] / lora[1]:.3g}× "
           f"LoRA's" + (f", peak {ours[2] / lora[2]:.3g}× LoRA's" if ours[2] else ""))
+    print(f"kept for backward (recompute_weights vs keeping W0+delta): {out['sparse'][3] / 2**20:.2f} MiB vs "
+          f"{out['sparse-keep'][3] / 2**20:.2f} MiB; LoRA r=8 {lora[3] / 2**20:.2f} MiB")
     common.report("step time (sparse vs dense-grad×mask)", ours[1] * 1e3, ref[1] * 1e3, "ms", higher_is_better=False)
     common.report(f"grads+optimizer memory at {args.ratio:g}% mask (sparse vs dense-grad×mask)",
                   ours[0] / 2**20, ref[0] / 2**20, "MiB", higher_is_better=False)

@@ -84,8 +84,8 @@ def recompute_weights(enabled: bool = True, stats: dict | None = None) -> Iterat
     """Within this context (around the forward), layers that save a W0+delta weight for their backward save
     a `_Recipe` instead and rebuild the weight in the backward: activation-like memory, nothing dense kept.
 
-    ``stats``, when given, accumulates ``saved_bytes`` (tensors autograd keeps) and ``rebuilt_bytes`` (weights
-    replaced by recipes); ``enabled=False`` only counts (every tensor is kept, as without this context).
+    ``stats``, when given, accumulates ``saved_bytes`` (tensors autograd keeps for backward, parameters left
+    out: they are held anyway) and ``rebuilt_bytes`` (weights replaced by recipes); ``enabled=False`` only counts (every tensor is kept, as without this context).
     """
 
     def pack(t: torch.Tensor):
@@ -97,7 +97,7 @@ def recompute_weights(enabled: bool = True, stats: dict | None = None) -> Iterat
                 stats["rebuilt_bytes"] = stats.get("rebuilt_bytes", 0) + size
             view = None if base is t else (t.size(), t.stride(), t.storage_offset())
             return _Recipe(entry[1], entry[2], view)
-        if stats is not None:
+        if stats is not None and not isinstance(base, nn.Parameter):  # parameters are held anyway
             stats["saved_bytes"] = stats.get("saved_bytes", 0) + size
         return t
 
