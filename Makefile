@@ -36,10 +36,14 @@ test: install ## the test suite (CPU; what CI runs)
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow and not gpu and not network and not slurm"
 
+test-slurm: install ## the Slurm tests against a real one-node cluster on this machine (root; installs Debian's slurm)
+	bash ../shared/tools/slurm-local.sh start || echo "local Slurm did not start: the slurm tests will be skipped"
+	$(PY) -m pytest -q -m slurm
+
 figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under outputs/multirun
 	@for d in outputs/multirun/*/; do $(PY) -m fishtune.report "$$d"; done
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache
 
-.PHONY: help install demo smoke test test-fast figures clean
+.PHONY: help install demo smoke test test-fast test-slurm figures clean
