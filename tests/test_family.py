@@ -283,32 +283,35 @@ def test_diff_pruning_keeps_the_largest_diffs_and_can_start_from_them():
 METHODS = ["diff_pruning", "fish_lora", "fish_adapter", "gmt", "id3"]
 
 
-def _run(tmp_path, model, method, *extra):
-    cmd = [sys.executable, str(ROOT / "run.py"), f"model={model}", "task=glue/rte", f"method={method}",
-           "sparsity=0.5", "train=debug", "data.max_train_samples=32", "data.max_eval_samples=16",
-           "fisher.num_samples=8", f"hydra.run.dir={tmp_path}", *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+def _sweep(tmp_path, model):
+    """All four methods (five names) through `run.py -m` in one process; their results by method."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"model={model}", "task=glue/rte",
+           f"method={','.join(METHODS)}", "sparsity=0.5", "train=debug", "data.max_train_samples=32",
+           "data.max_eval_samples=16", "fisher.num_samples=8", "task.max_length=128", "name=family"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["status"] == "ok" and result["method"] == method
-    assert 0 <= result["score"] <= 1 and result["trainable_params"] > 0
-    return result
+    results = {}
+    for path in (tmp_path / "outputs" / "multirun" / "family").rglob("result.json"):
+        result = json.loads(path.read_text())
+        assert result["status"] == "ok", result.get("reason")
+        assert 0 <= result["score"] <= 1 and result["trainable_params"] > 0
+        results[result["method"]] = result
+    assert sorted(results) == sorted(METHODS)
+    return results
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_run_py_tiny_bert(tmp_path, method):
-    result = _run(tmp_path, "tiny-bert", method)
-    k = int(0.5 / 100 * result["total_params"])
-    if method in ("diff_pruning", "id3"):
-        assert result["trainable_params"] == k
-    if method == "gmt":
-        assert result["trainable_params"] == result["total_params"]
+def test_run_py_tiny_bert(tmp_path):
+    for method, result in _sweep(tmp_path, "tiny-bert").items():
+        k = int(0.5 / 100 * result["total_params"])
+        if method in ("diff_pruning", "id3"):
+            assert result["trainable_params"] == k
+        if method == "gmt":
+            assert result["trainable_params"] == result["total_params"]
 
 
 @pytest.mark.slow
 @needs_minilm
-@pytest.mark.parametrize("method", METHODS)
-def test_run_py_minilm(tmp_path, method):
-    result = _run(tmp_path, "minilm", method)
-    if method.startswith("fish_"):
-        assert result["trainable_params"] == result["info"]["budget"]
+def test_run_py_minilm(tmp_path):
+    for method, result in _sweep(tmp_path, "minilm").items():
+        if method.startswith("fish_"):
+            assert result["trainable_params"] == result["info"]["budget"]
