@@ -17,6 +17,9 @@ def test_import_is_light():
     code = "import sys, fishtune; print([m for m in ('hydra', 'matplotlib', 'pandas') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    code = "import sys, fishtune.report, fishtune.results; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "reporting must not need torch"
 
 
 @pytest.mark.parametrize("arch", ["roberta", "distilbert", "gpt2", "llama", "bert"])

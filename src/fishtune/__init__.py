@@ -13,17 +13,42 @@ The library in a few names (ratios are percent of the pretrained parameters, tas
 Importing fishtune does not import Hydra, pandas or matplotlib.
 """
 
-from .fisher import FisherResult, compute_fisher, per_sample_loss
-from .ird import Cell, fish_ladder, grid, ird_walk, staircase
-from .masked import MaskedAdamW, apply_delta, apply_mask, load_delta, merge, save_delta, sparse_delta, trainable_count
-from .masks import Mask, mask_from_names, num_selected, select_top_k
-from .models import head_names
-from .selection import Selector, draw_samples, fish_mask
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "Cell", "FisherResult", "Mask", "MaskedAdamW", "Selector", "apply_delta", "apply_mask", "compute_fisher",
-    "draw_samples", "fish_ladder", "fish_mask", "grid", "head_names", "ird_walk", "load_delta", "mask_from_names",
-    "merge", "num_selected", "per_sample_loss", "save_delta", "select_top_k", "sparse_delta", "staircase",
-    "trainable_count",
-]
+
+# public name -> module; loaded on first use, so `import fishtune.report` or `fishtune.results` stays light
+_EXPORTS = {
+    "FisherResult": "fisher", "compute_fisher": "fisher", "per_sample_loss": "fisher",
+    "Cell": "ird", "fish_ladder": "ird", "grid": "ird", "ird_walk": "ird", "staircase": "ird",
+    "MaskedAdamW": "masked", "apply_delta": "masked", "apply_mask": "masked", "load_delta": "masked",
+    "merge": "masked", "recompute_weights": "masked", "save_delta": "masked", "sparse_delta": "masked",
+    "trainable_count": "masked",
+    "Mask": "masks", "mask_from_names": "masks", "num_selected": "masks", "select_top_k": "masks",
+    "head_names": "models",
+    "Selector": "selection", "draw_samples": "selection", "fish_mask": "selection",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fishtune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
+    from .ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
+    from .masked import (MaskedAdamW, apply_delta, apply_mask, load_delta, merge, recompute_weights,  # noqa: F401
+                         save_delta, sparse_delta, trainable_count)
+    from .masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
+    from .models import head_names  # noqa: F401
+    from .selection import Selector, draw_samples, fish_mask  # noqa: F401

@@ -217,7 +217,8 @@ def _summarise(base: dict, cells: list[dict], plans: list[Plan], timings: dict, 
                           "samples_per_second": (sum(c["timings"]["samples_per_second"] for c in ok) / len(ok))
                           if ok else 0.0},
               "peak_memory": _peak_memory(device)}
-    slim = [{k: v for k, v in c.items() if k not in base or k in ("status",)} for c in cells]
+    own = ("status", "ratio", "reason")  # cell keys that share a name with the run's and must stay
+    slim = [{k: v for k, v in c.items() if k not in base or k in own} for c in cells]
     if len(plans) == 1 and plans[0].cell == "main":
         if best is not None:
             result.update({k: best[k] for k in ("score", "metrics", "trainable_params", "trainable_ratio",
