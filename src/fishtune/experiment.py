@@ -194,6 +194,11 @@ def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, 
         tr = fit(train_model, data.train, data.eval, collate, rc.task, rc.train, device, rc.seed, hook=plan.hook)
     except NonFiniteLoss as e:
         return {**cell, "status": "failed", "reason": str(e), "failed_step": e.step}
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {**cell, "status": "failed", "reason": f"out of memory on {device} with train.batch_size="
+                f"{rc.train.batch_size} (try a smaller train.batch_size or task.max_length)"}
     if getattr(plan.hook, "trained_count", None) is not None:  # a hook that grows its own set (ID³)
         cell.update(trainable_params=plan.hook.trained_count,
                     trainable_ratio=100.0 * plan.hook.trained_count / num_params)

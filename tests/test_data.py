@@ -1,0 +1,93 @@
+"""GLUE files: every vendored task loads with hub-compatible columns and labels; a missing column or a
+malformed row is one line naming the file (and the line); out-of-memory is reported with the batch size."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fishtune.config import DataConfig, TaskConfig
+from fishtune.data.glue import DataUnavailable, load_task
+
+TASKS = {
+    "cola": (TaskConfig(name="cola", glue_dir="CoLA", metric="matthews"), 8551, 1043),
+    "sst2": (TaskConfig(name="sst2", glue_dir="SST-2"), 67349, 872),
+    "mrpc": (TaskConfig(name="mrpc", glue_dir="MRPC", text_fields=["sentence1", "sentence2"]), 3668, 408),
+    "stsb": (TaskConfig(name="stsb", glue_dir="STS-B", text_fields=["sentence1", "sentence2"], num_labels=1), 5749,
+             1500),
+    "rte": (TaskConfig(name="rte", glue_dir="RTE", text_fields=["sentence1", "sentence2"]), 2490, 277),
+    "wnli": (TaskConfig(name="wnli", glue_dir="WNLI", text_fields=["sentence1", "sentence2"]), 635, 71),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_vendored_tasks_load(name):
+    task, n_train, n_dev = TASKS[name]
+    data = load_task(task, DataConfig(source="local"))
+    assert len(data.train) == n_train and len(data.eval["validation"]) == n_dev
+    row = data.train[0]
+    assert set(task.text_fields) <= set(row) and "label" in row
+    labels = set(data.eval["validation"]["label"])
+    assert (min(labels) >= 0 and max(labels) <= 5) if name == "stsb" else labels == {0, 1}
+
+
+def test_rte_labels_follow_the_hub():
+    data = load_task(TASKS["rte"][0], DataConfig(source="local"))
+    assert data.train[0]["label"] == 1  # "not_entailment" is 1, as in nyu-mll/glue
+
+
+def _copy(tmp_path, folder="RTE"):
+    from fishtune.data.glue import default_data_dir
+
+    shutil.copytree(default_data_dir() / folder, tmp_path / folder)
+    return tmp_path / folder
+
+
+def test_missing_column_is_named(tmp_path):
+    d = _copy(tmp_path)
+    text = (d / "train.tsv").read_text().replace("sentence2", "hypothesis", 1)
+    (d / "train.tsv").write_text(text)
+    with pytest.raises(ValueError, match=r"train.tsv: missing column 'sentence2'"):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+def test_malformed_row_names_the_line(tmp_path):
+    d = _copy(tmp_path)
+    lines = (d / "dev.tsv").read_text().splitlines(keepends=True)
+    lines[5] = lines[5].rstrip("\n") + "\textra\tfields\n"
+    (d / "dev.tsv").write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"dev.tsv: malformed row .*line 6"):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+def test_bad_label_names_the_line(tmp_path):
+    d = _copy(tmp_path)
+    lines = (d / "train.tsv").read_text().splitlines(keepends=True)
+    lines[3] = lines[3].replace("not_entailment", "maybe").replace("\tentailment", "\tmaybe")
+    (d / "train.tsv").write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"train.tsv, line 4: label 'maybe' is not entailment\|not_entailment"):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+def test_missing_files_offline(tmp_path):
+    with pytest.raises(DataUnavailable, match=r"task rte: no train.tsv, dev.tsv in"):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch, compose):
+    import torch
+
+    from fishtune import experiment
+    from fishtune.config import validate
+    from fishtune.results import read_result
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(experiment, "fit", oom)
+    rc = validate(compose(["model=tiny-bert", "task=glue/rte", "method=bitfit", "train=debug",
+                           "data.max_train_samples=16", "data.max_eval_samples=8"]))
+    experiment.run_experiment(rc, tmp_path, {"x": 1}, log=lambda *_: None)
+    r = read_result(tmp_path / "result.json")
+    assert r["status"] == "failed" and "out of memory on cpu with train.batch_size=8" in r["reason"]
