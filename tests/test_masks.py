@@ -93,3 +93,21 @@ def test_bitfit_selects_only_biases():
     params = dict(model.named_parameters())
     biases = [n for n in params if n.endswith("bias") and n not in head_names(model)]
     assert plan.mask.count == sum(params[n].numel() for n in biases)
+
+
+def test_sparse_delta_for_another_model_or_corrupted(tmp_path):
+    from fishtune.masked import apply_delta, apply_mask, save_delta
+
+    model = tiny_model("bert")
+    mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)
+    apply_mask(model, mask)
+    path = tmp_path / "d.safetensors"
+    save_delta(model, path)
+    with pytest.raises(ValueError, match="another model"):
+        apply_delta(tiny_model("gpt2"), path)
+    with pytest.raises(ValueError, match="has shape"):
+        apply_delta(tiny_model("bert", hidden_size=32, intermediate_size=24), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:100])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        apply_delta(tiny_model("bert"), path)
