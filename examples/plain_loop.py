@@ -33,20 +33,26 @@ def sst2(tokenizer, split: str, n: int) -> Dataset:
     return Dataset.from_dict({**enc, "labels": df.label.tolist()})
 
 
-def main() -> None:
+def setup(name: str, extra: list[tuple[str, type, object]]):
+    """Command-line options shared by both examples, then MiniLM (seeded head), SST-2 train/dev, collate."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-train-samples", type=int, default=2000)
     ap.add_argument("--max-eval-samples", type=int, default=872)
-    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--fisher-samples", type=int, default=128)
-    ap.add_argument("--out", default="outputs/examples/plain_loop")
+    ap.add_argument("--out", default=f"outputs/examples/{name}")
+    for flag, kind, default in extra:
+        ap.add_argument(flag, type=kind, default=default)
     args = ap.parse_args()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     train, dev = sst2(tok, "train", args.max_train_samples), sst2(tok, "dev", args.max_eval_samples)
-    collate = DataCollatorWithPadding(tok)
+    return args, model, train, dev, DataCollatorWithPadding(tok)
+
+
+def main() -> None:
+    args, model, train, dev, collate = setup("plain_loop", [("--epochs", int, 1)])
 
     # --- fishtune: select, mask, train, save (the part a user adds to their own loop) ---
     head = ft.head_names(model)                                    # the classifier: always trained

@@ -25,14 +25,20 @@ def _check(model, pretrained, mask, head):
             assert torch.equal(p, before), f"{name}: a tensor outside the mask changed"
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_plain_loop_only_masked_entries_move(weight_decay):
+def _masked_tiny_bert():
+    """A tiny BERT with a 5 % FISH mask applied; its pretrained weights, examples, mask and head."""
     model = tiny_model("bert")
     head = head_names(model)
     pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
     examples = tiny_examples(16)
     mask, _ = fish_mask(Selector(model, examples, collate, head=head, progress=False), 5.0, 8, seed=0)
     apply_mask(model, mask, trainable=head)
+    return model, pretrained, examples, mask, head
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_plain_loop_only_masked_entries_move(weight_decay):
+    model, pretrained, examples, mask, head = _masked_tiny_bert()
     assert trainable_count(model, exclude=head) == mask.count
     opt = MaskedAdamW(model, lr=1e-2, weight_decay=weight_decay)
     model.train()
@@ -49,12 +55,7 @@ def test_trainer_unchanged(tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    model = tiny_model("bert")
-    head = head_names(model)
-    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
-    examples = tiny_examples(16)
-    mask, _ = fish_mask(Selector(model, examples, collate, head=head, progress=False), 5.0, 8, seed=0)
-    apply_mask(model, mask, trainable=head)
+    model, pretrained, examples, mask, head = _masked_tiny_bert()
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
                              learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
                              use_cpu=True, disable_tqdm=True)
