@@ -27,7 +27,7 @@ from .methods import Context, Plan, create
 from .models import ModelUnavailable, load_model
 from .results import SCHEMA, is_complete, read_result, write_json
 from .selection import Selector
-from .train.loop import NonFiniteLoss, fit
+from .train.loop import NonFiniteLoss, fit, planned_steps
 
 __all__ = ["run_experiment", "config_hash", "resolve_device"]
 
@@ -117,8 +117,8 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
                         fisher_kind=rc.fisher.kind, fisher_grad=rc.fisher.grad, engine=rc.fisher.engine,
                         batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress)
     t1 = time.perf_counter()
-    steps = rc.train.max_steps or -(-len(data.train) // rc.train.batch_size) * rc.train.epochs  # as fit counts
-    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed, train_steps=steps)
+    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
+                  train_steps=planned_steps(len(data.train), rc.train))
     plans = method.plans(ctx)
     timings["selection_seconds"] = time.perf_counter() - t1
     if rc.cell is not None and rc.cell not in [p.cell for p in plans]:

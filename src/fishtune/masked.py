@@ -85,7 +85,8 @@ def recompute_weights(enabled: bool = True, stats: dict | None = None) -> Iterat
     a `_Recipe` instead and rebuild the weight in the backward: activation-like memory, nothing dense kept.
 
     ``stats``, when given, accumulates ``saved_bytes`` (tensors autograd keeps for backward, parameters left
-    out: they are held anyway) and ``rebuilt_bytes`` (weights replaced by recipes); ``enabled=False`` only counts (every tensor is kept, as without this context).
+    out: they are held anyway) and ``rebuilt_bytes`` (weights replaced by recipes); ``enabled=False`` only
+    counts (every tensor is kept, as without this context).
     """
 
     def pack(t: torch.Tensor):

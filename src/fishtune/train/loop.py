@@ -22,7 +22,7 @@ from ..config import TaskConfig, TrainConfig
 from ..data.metrics import compute_metrics, headline
 from ..masked import MaskedAdamW, recompute_weights
 
-__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict"]
+__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict", "planned_steps"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -42,6 +42,11 @@ class TrainResult:
     samples_per_second: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+
+
+def planned_steps(num_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps `fit` will take: ``train.max_steps``, else batches per epoch × epochs."""
+    return cfg.max_steps or max(1, math.ceil(num_examples / cfg.batch_size)) * cfg.epochs
 
 
 def _loader(ds, collate, batch_size: int, shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
@@ -102,7 +107,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     opt = MaskedAdamW(model, lr=lr, weight_decay=cfg.weight_decay)
     loader = _loader(train_ds, collate, cfg.batch_size, shuffle=True, seed=seed, group_by_length=cfg.group_by_length)
     steps_per_epoch = max(1, len(loader))
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    total = planned_steps(len(train_ds), cfg)
     epochs = math.ceil(total / steps_per_epoch)
     if cfg.scheduler == "linear":
         from transformers import get_linear_schedule_with_warmup
