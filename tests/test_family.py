@@ -256,7 +256,7 @@ def test_diff_pruning_count_is_exact_and_selection_leaves_the_model_alone():
 
 
 def test_diff_pruning_keeps_the_largest_diffs_and_can_start_from_them():
-    from fishtune.masked import _deltas, apply_mask
+    from fishtune.masked import apply_mask, masked_tensors
     from fishtune.methods.diff_pruning import learn_diff
 
     model = tiny_model()
@@ -274,7 +274,7 @@ def test_diff_pruning_keeps_the_largest_diffs_and_can_start_from_them():
     assert kept.min() >= dropped.max(), "magnitude pruning keeps the largest |z̄ ⊙ w|"
     apply_mask(model, plan.mask, trainable=sel.head)
     plan.wrap(model)
-    for name, sd in _deltas(model).items():
+    for name, sd in masked_tensors(model).items():
         torch.testing.assert_close(sd.delta, delta[name].reshape(-1)[sd.indices])
 
 

@@ -75,12 +75,16 @@ def test_sparse_training_equals_dense_grad_times_mask(arch):
             moved += int((got[keep[n]] != pretrained[n][keep[n]]).sum())
     assert moved > 0.9 * mask.count  # the masked entries did train
     trainable = {id(p) for p in sparse.parameters() if p.requires_grad}
-    assert all(id(p) not in trainable for p in pretrained_like(sparse))  # no dense pretrained weight trains
+    dense_masked = masked_weights(sparse)
+    assert len(dense_masked) == sum(1 for i in mask.indices.values() if i.numel())
+    assert all(id(p) not in trainable for p in dense_masked)  # no dense pretrained weight trains
+    assert sum(p.numel() for p in sparse.parameters() if p.requires_grad) == mask.count + sum(
+        dparams[n].numel() for n in head)
 
 
-def pretrained_like(model):
-    """The frozen originals behind every parametrization."""
-    return [p for n, p in model.named_parameters() if n.endswith(".original")]
+def masked_weights(model):
+    """The model's dense masked tensors (W0 + delta in place)."""
+    return [s.weight for _, s in model.fishtune_masked.segments()]
 
 
 def test_sparse_checkpoint_round_trip_identical_logits(tmp_path):
@@ -99,7 +103,7 @@ def test_sparse_checkpoint_round_trip_identical_logits(tmp_path):
     with torch.no_grad():
         want = model(**inputs).logits
     size = save_delta(model, tmp_path / "delta.safetensors", head=head)
-    assert size < sum(p.numel() * 4 for p in pretrained_like(model))  # tiny model: header-dominated
+    assert size < sum(p.numel() * 4 for p in masked_weights(model))  # tiny model: header-dominated
     fresh = tiny_model("bert")
     torch.nn.init.normal_(fresh.classifier.weight)  # the head must come from the file
     apply_delta(fresh, tmp_path / "delta.safetensors")

@@ -111,3 +111,45 @@ def test_sparse_delta_for_another_model_or_corrupted(tmp_path):
     path.write_bytes(data[:100])
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         apply_delta(tiny_model("bert"), path)
+
+
+def test_apply_delta_is_all_or_nothing(tmp_path):
+    """A delta that does not fit (another head size, another depth, forged indices, NaN values) raises
+    ValueError and leaves the model exactly as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from fishtune.masked import apply_delta, apply_mask, save_delta
+
+    model = tiny_model("bert")
+    mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)
+    apply_mask(model, mask, trainable=["classifier.weight", "classifier.bias"])
+    with torch.no_grad():
+        model.fishtune_masked.delta0.normal_()
+    path = tmp_path / "d.safetensors"
+    save_delta(model, path, head=["classifier.weight", "classifier.bias"])
+    meta = {"format": "fishtune-sparse-delta-1"}
+    tensors = load_file(str(path))
+    name = "bert.encoder.layer.1.output.dense.weight"
+    forged = {
+        "indices out of range": {**tensors, f"{name}::indices": tensors[f"{name}::indices"] + 10**6},
+        "negative index": {**tensors, f"{name}::indices": tensors[f"{name}::indices"] - 10**6},
+        "NaN values": {**tensors, f"{name}::values": tensors[f"{name}::values"] * float("nan")},
+        "values without indices": {k: v for k, v in tensors.items() if k != f"{name}::indices"},
+        "indices without values": {k: v for k, v in tensors.items() if k != f"{name}::values"},
+        "length mismatch": {**tensors, f"{name}::values": tensors[f"{name}::values"][:-1]},
+    }
+    targets = {"another head": lambda: tiny_model("bert", num_labels=3),
+               "another depth": lambda: tiny_model("bert", num_hidden_layers=1)}
+    cases = [(k, v, lambda: tiny_model("bert")) for k, v in forged.items()]
+    cases += [(k, None, make) for k, make in targets.items()]
+    for what, content, make in cases:
+        target = make()
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        file = path
+        if content is not None:
+            file = tmp_path / f"{what.replace(' ', '_')}.safetensors"
+            save_file(content, str(file), metadata=meta)
+        with pytest.raises(ValueError):
+            apply_delta(target, file)
+        after = target.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), f"{what}: the model changed before the error"

@@ -23,8 +23,8 @@ _EXPORTS = {
     "FisherResult": "fisher", "compute_fisher": "fisher", "per_sample_loss": "fisher",
     "Cell": "ird", "fish_ladder": "ird", "grid": "ird", "ird_walk": "ird", "staircase": "ird",
     "MaskedAdamW": "masked", "apply_delta": "masked", "apply_mask": "masked", "load_delta": "masked",
-    "merge": "masked", "recompute_weights": "masked", "save_delta": "masked", "sparse_delta": "masked",
-    "trainable_count": "masked",
+    "merge": "masked", "masked_tensors": "masked", "save_delta": "masked", "sparse_delta": "masked",
+    "sync_weights": "masked", "trainable_count": "masked",
     "Mask": "masks", "mask_from_names": "masks", "num_selected": "masks", "select_top_k": "masks",
     "head_names": "models",
     "Selector": "selection", "draw_samples": "selection", "fish_mask": "selection",
@@ -47,8 +47,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
     from .ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
-    from .masked import (MaskedAdamW, apply_delta, apply_mask, load_delta, merge, recompute_weights,  # noqa: F401
-                         save_delta, sparse_delta, trainable_count)
+    from .masked import (MaskedAdamW, apply_delta, apply_mask, load_delta, masked_tensors, merge,  # noqa: F401
+                         save_delta, sparse_delta, sync_weights, trainable_count)
     from .masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
     from .models import head_names  # noqa: F401
     from .selection import Selector, draw_samples, fish_mask  # noqa: F401

@@ -111,11 +111,14 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     timings["load_seconds"] = time.perf_counter() - t0
     from transformers import DataCollatorWithPadding
 
-    collate = DataCollatorWithPadding(loaded.tokenizer, return_tensors="pt")
+    # on a GPU, lengths padded to a multiple of 8: few distinct shapes, tensor-core friendly
+    collate = DataCollatorWithPadding(loaded.tokenizer, return_tensors="pt",
+                                      pad_to_multiple_of=8 if device.type == "cuda" else None)
     selector = Selector(model, data.train, collate, head=head, scope=rc.fisher.scope,
                         include_head=rc.mask.include_head, k_rule=rc.mask.k_rule, mask_scope=rc.mask.scope,
                         fisher_kind=rc.fisher.kind, fisher_grad=rc.fisher.grad, engine=rc.fisher.engine,
-                        batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress)
+                        batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress,
+                        precision=rc.fisher.precision)
     t1 = time.perf_counter()
     ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
                   train_steps=planned_steps(len(data.train), rc.train))

@@ -1,132 +1,178 @@
-"""Selective fine-tuning with LoRA-like memory: only the masked entries are trainable values.
+"""Selective fine-tuning with LoRA-like memory and dense-like speed: only the masked entries are trainable.
 
-`apply_mask(model, mask)` freezes every pretrained parameter and gives each masked tensor a parametrization
-(`torch.nn.utils.parametrize`) with a trainable vector ``delta`` of its k_t selected entries at fixed flat
-indices; the forward uses ``W0.index_add(idx, delta)``, so unselected entries are bit-identical copies of the
-pretrained weight and no dense gradient or optimizer state exists for them (ALGORITHMS.md, "Masked
-fine-tuning"). It works for every tensor kind (Linear, embeddings, LayerNorm, biases) and with a plain
-PyTorch loop or `transformers.Trainer`.
+`apply_mask(model, mask)` freezes every pretrained parameter and makes the k selected entries of all masked
+tensors one flat trainable vector ``delta`` (a `MaskedWeights` submodule, ALGORITHMS.md "Masked
+fine-tuning"). How a step runs:
+
+- The model's masked tensors hold W0+delta *in place*: they become views of one flat weight buffer, so the
+  forward is the model's own dense forward: no parametrization, no W0+delta copy, no saved-tensor hooks.
+  Unselected entries are bit-identical copies of the pretrained weight at all times.
+- Each masked tensor is a leaf that requires grad but is a buffer, not a parameter (so `parameters()`,
+  optimizers and `trainable_count` see only ``delta`` and the head). Its gradient is gathered, the moment
+  autograd has it, into the k slots of ``delta.grad`` (a post-accumulate-grad hook) and freed: no dense
+  gradient outlives its layer and no dense optimizer state exists. Tensors with no selected entry stay
+  frozen and get no weight gradient at all.
+- After the optimizer changes ``delta``, one scatter writes W0[idx] + delta back into the flat buffer
+  (`MaskedAdamW.step` does it at once; with any other optimizer the model's forward pre-hook does it before
+  each forward). The update equals a dense AdamW step on dense gradients × mask.
 
 AdamW's decoupled weight decay acts on the effective weight W0+delta in `MaskedAdamW`, exactly as a dense
 AdamW on the masked entries would; a stock optimizer (e.g. the one `Trainer` builds) decays delta toward
 zero instead, i.e. toward the pretrained value. Either way unselected entries never move.
 
-Memory: a layer that uses W0+delta (e.g. `F.linear`) keeps it for its backward, one dense copy per masked
-tensor. Inside `recompute_weights()` (the training loop's forward uses it) autograd keeps only a recipe
-(W0, indices, delta) and rebuilds W0+delta when the backward needs it, so no copy outlives its layer.
-
-`merge(model)` folds the deltas into the weights; `sparse_delta`/`save_delta`/`apply_delta` store a trained
-model as the difference only (indices + values + the dense task head), in safetensors.
+Apply the mask after moving the model to its device and dtype. `merge(model)` makes the masked tensors
+plain frozen parameters again (holding W0+delta); `sparse_delta`/`save_delta`/`apply_delta` store a
+trained model as the difference only (indices + values + the dense task head), in safetensors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import weakref
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .masks import Mask
 
-__all__ = ["SparseDelta", "apply_mask", "merge", "sparse_delta", "save_delta", "load_delta", "apply_delta",
-           "MaskedAdamW", "trainable_count", "recompute_weights"]
+__all__ = ["MaskedWeights", "MaskedTensor", "apply_mask", "merge", "masked_tensors", "sync_weights",
+           "sparse_delta", "save_delta", "load_delta", "apply_delta", "MaskedAdamW", "trainable_count"]
 
-# W0+delta tensors made inside `recompute_weights()`: id -> (weak ref, parametrization, W0)
-_LIVE: dict[int, tuple[weakref.ref, SparseDelta, torch.Tensor]] = {}
-_RECOMPUTE = [0]
+STATE = "fishtune_masked"  # the submodule `apply_mask` adds to the model
 
 
-class SparseDelta(nn.Module):
-    """Parametrization W -> W with ``delta`` added at flat ``indices`` (the only trainable values)."""
+@dataclass
+class _Segment:
+    """One masked tensor inside its group: entries ``start:start+numel`` of the flat weight buffer, its
+    selected flat ``indices``, and their slots ``offset:offset+count`` of the group's ``delta``."""
 
-    def __init__(self, indices: torch.Tensor, base: torch.Tensor) -> None:
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    numel: int
+    indices: torch.Tensor
+    offset: int
+    weight: torch.Tensor  # the model's tensor: a leaf view of the flat buffer holding W0 + delta
+    owners: list[tuple[nn.Module, str]]
+    handle: object = None
+
+    @property
+    def count(self) -> int:
+        return int(self.indices.numel())
+
+
+class _Group:
+    """Masked tensors of one device and dtype: one flat weight buffer, one trainable ``delta``."""
+
+    def __init__(self, items, delta: nn.Parameter | None = None) -> None:
+        self.flat = torch.cat([p.detach().reshape(-1) for _, p, _ in items])
+        self.segments: list[_Segment] = []
+        start = offset = 0
+        for name, p, idx in items:
+            idx = idx.to(device=p.device, dtype=torch.long)
+            w = self.flat[start:start + p.numel()].view(p.shape).detach().requires_grad_(True)
+            self.segments.append(_Segment(name, tuple(p.shape), start, p.numel(), idx, offset, w, []))
+            start, offset = start + p.numel(), offset + idx.numel()
+        self.index = torch.cat([s.start + s.indices for s in self.segments])
+        self.base = self.flat[self.index].clone()  # W0 at the selected entries (weight decay, saving)
+        self.delta = delta if delta is not None else nn.Parameter(torch.zeros_like(self.base))
+        self.grad_buf: torch.Tensor | None = None
+        self.written: set[int] = set()  # segments whose gradient reached delta.grad in this cycle
+        self.trusted: int | None = None  # delta's version when `MaskedAdamW` last wrote it back
+
+    def hook(self, seg_no: int):
+        seg = self.segments[seg_no]
+
+        def gather(w: torch.Tensor) -> None:
+            g, w.grad = w.grad, None  # the dense gradient dies here
+            if g is None:
+                return
+            d = self.delta
+            if d.grad is None:  # a new accumulation cycle: reuse one zeroed buffer
+                if self.grad_buf is None:
+                    self.grad_buf = torch.zeros_like(d)
+                else:
+                    self.grad_buf.zero_()
+                d.grad = self.grad_buf
+                self.written.clear()
+            slot = d.grad[seg.offset:seg.offset + seg.count]
+            if seg_no in self.written:
+                slot.add_(g.reshape(-1).index_select(0, seg.indices))
+            else:
+                torch.index_select(g.reshape(-1), 0, seg.indices, out=slot)
+                self.written.add(seg_no)
+
+        return gather
+
+    @torch.no_grad()
+    def sync(self, trust: bool = False) -> None:
+        """Write W0 + delta into the selected entries of the flat buffer. Skipped when `MaskedAdamW` wrote
+        it back and delta has not changed since (a stock optimizer may update ``delta.data``, which leaves
+        no trace in its version: then it is written before every forward, two kernels)."""
+        if self.trusted is not None and self.trusted == self.delta._version:
+            return
+        self.flat.index_copy_(0, self.index, self.base + self.delta.to(self.base.dtype))
+        self.trusted = self.delta._version if trust else None
+
+    def untouched(self) -> list[_Segment]:
+        """Segments that got no gradient in the current cycle (their tensor took no part in the loss)."""
+        if self.delta.grad is None or len(self.written) == len(self.segments):
+            return []
+        return [s for i, s in enumerate(self.segments) if i not in self.written]
+
+
+class MaskedWeights(nn.Module):
+    """The trainable state of a masked model: ``delta<g>`` per group of masked tensors (one per device and
+    dtype, usually one). Made by `apply_mask`; `merge` removes it."""
+
+    def __init__(self, model: nn.Module, chosen: list[tuple[str, torch.Tensor]]) -> None:
         super().__init__()
-        idx = indices.to(device=base.device, dtype=torch.long)
-        self.register_buffer("indices", idx, persistent=False)
-        # the pretrained values at the indices, kept for weight decay of W0 + delta (k_t floats)
-        self.register_buffer("base", base.detach().reshape(-1)[idx].clone(), persistent=False)
-        self.delta = nn.Parameter(torch.zeros(idx.numel(), dtype=base.dtype, device=base.device))
+        params = dict(model.named_parameters())
+        owners: dict[int, list[tuple[nn.Module, str]]] = {}
+        for module in model.modules():
+            for attr, p in module._parameters.items():
+                if p is not None:
+                    owners.setdefault(id(p), []).append((module, attr))
+        by_kind: dict[tuple, list] = {}
+        for name, idx in chosen:
+            p = params[name]
+            by_kind.setdefault((p.device, p.dtype), []).append((name, p, idx))
+        self.groups: list[_Group] = []
+        for g, items in enumerate(by_kind.values()):
+            group = _Group(items)
+            self.register_parameter(f"delta{g}", group.delta)
+            for i, seg in enumerate(group.segments):
+                seg.owners = owners[id(params[seg.name])]
+                for module, attr in seg.owners:  # tied weights: every module holding the tensor
+                    module._parameters.pop(attr)
+                    module.register_buffer(attr, seg.weight)
+                seg.handle = seg.weight.register_post_accumulate_grad_hook(group.hook(i))
+            self.groups.append(group)
+        self.pre_hook = None
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out = self.rebuild(weight, self.delta)
-        if _RECOMPUTE[0]:
-            root = out if out._base is None else out._base  # layers save views of it (F.linear: its .t())
-            _LIVE[id(root)] = (weakref.ref(root), self, weight)
-        return out
+    def sync(self, *_) -> None:
+        for g in self.groups:
+            g.sync()
 
-    def rebuild(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return weight.reshape(-1).index_add(0, self.indices, delta.to(weight.dtype)).view_as(weight)
-
-
-class _Recipe:
-    """What autograd keeps instead of a W0+delta tensor: enough to rebuild it (no dense copy)."""
-
-    __slots__ = ("param", "weight", "delta", "view")
-
-    def __init__(self, param: SparseDelta, weight: torch.Tensor, view: tuple | None) -> None:
-        # delta's values at forward time: a view of the live parameter (only the optimizer changes it,
-        # after the backward); detached so rebuilding adds nothing to the graph. ``view``: (size, stride,
-        # offset) when the layer saved a view of W0+delta (F.linear saves its transpose)
-        self.param, self.weight, self.delta, self.view = param, weight, param.delta.detach(), view
-
-    def rebuild(self) -> torch.Tensor:
-        full = self.param.rebuild(self.weight, self.delta)
-        return full if self.view is None else full.as_strided(*self.view)
+    def segments(self):
+        return [(g, s) for g in self.groups for s in g.segments]
 
 
-@contextlib.contextmanager
-def recompute_weights(enabled: bool = True, stats: dict | None = None) -> Iterator[None]:
-    """Within this context (around the forward), layers that save a W0+delta weight for their backward save
-    a `_Recipe` instead and rebuild the weight in the backward: activation-like memory, nothing dense kept.
-
-    ``stats``, when given, accumulates ``saved_bytes`` (tensors autograd keeps for backward, parameters left
-    out: they are held anyway) and ``rebuilt_bytes`` (weights replaced by recipes); ``enabled=False`` only
-    counts (every tensor is kept, as without this context).
-    """
-
-    def pack(t: torch.Tensor):
-        size = t.numel() * t.element_size()
-        base = t if t._base is None else t._base
-        entry = _LIVE.get(id(base))
-        if enabled and entry is not None and entry[0]() is base:
-            if stats is not None:
-                stats["rebuilt_bytes"] = stats.get("rebuilt_bytes", 0) + size
-            view = None if base is t else (t.size(), t.stride(), t.storage_offset())
-            return _Recipe(entry[1], entry[2], view)
-        if stats is not None and not isinstance(base, nn.Parameter):  # parameters are held anyway
-            stats["saved_bytes"] = stats.get("saved_bytes", 0) + size
-        return t
-
-    def unpack(x):
-        return x.rebuild() if isinstance(x, _Recipe) else x
-
-    _RECOMPUTE[0] += 1
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            yield
-    finally:
-        _RECOMPUTE[0] -= 1
-        if not _RECOMPUTE[0]:
-            _LIVE.clear()
-
-
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    mod_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(mod_name) if mod_name else model), attr
+def _states(model: nn.Module) -> list[MaskedWeights]:
+    return [m for m in model.modules() if isinstance(m, MaskedWeights)]
 
 
 def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, ...] = ()) -> nn.Module:
     """Make ``mask``'s entries the only trainable pretrained values of ``model`` (in place; returned).
 
     ``trainable`` names parameters trained densely as they are (the task head). Every other parameter gets
-    ``requires_grad=False``. Raises ValueError when the mask does not fit the model.
+    ``requires_grad=False``. Raises ValueError when the mask does not fit the model or one is applied
+    already. Apply it after moving the model to its device and dtype.
     """
     mask.check_model(model)
+    if _states(model):
+        raise ValueError("apply_mask: the model already has a mask applied (call merge(model) first)")
     params = dict(model.named_parameters())
     missing = [n for n in trainable if n not in params]
     if missing:
@@ -135,25 +181,37 @@ def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, .
         p.requires_grad_(False)
     for n in trainable:
         params[n].requires_grad_(True)
-    for name, idx in mask.indices.items():
-        if name in trainable or not idx.numel():
-            continue
-        module, attr = _owner(model, name)
-        parametrize.register_parametrization(module, attr, SparseDelta(idx, params[name]), unsafe=True)
-        module.parametrizations[attr].original.requires_grad_(False)
+    chosen = [(n, idx) for n, idx in mask.indices.items() if n not in trainable and idx.numel()]
+    state = MaskedWeights(model, chosen)
+    model.add_module(STATE, state)
+    state.pre_hook = model.register_forward_pre_hook(state.sync)  # a stock optimizer changed delta
     return model
 
 
-def _deltas(model: nn.Module) -> dict[str, SparseDelta]:
-    """Parameter name -> its SparseDelta, for every parametrized tensor of ``model``."""
-    out = {}
-    for mod_name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for attr, plist in module.parametrizations.items():
-                for p in plist:
-                    if isinstance(p, SparseDelta):
-                        out[f"{mod_name}.{attr}" if mod_name else attr] = p
-    return out
+@dataclass
+class MaskedTensor:
+    """A masked tensor's view of the trainable state: ``delta`` and ``base`` (W0) at its ``indices``."""
+
+    indices: torch.Tensor
+    delta: torch.Tensor
+    base: torch.Tensor
+    shape: tuple[int, ...]
+
+
+def masked_tensors(model: nn.Module) -> dict[str, MaskedTensor]:
+    """Parameter name -> `MaskedTensor` for every masked tensor of ``model`` (writes into ``delta`` reach
+    the model at its next forward or `sync_weights`)."""
+    return {s.name: MaskedTensor(s.indices, g.delta[s.offset:s.offset + s.count],
+                                 g.base[s.offset:s.offset + s.count], s.shape)
+            for st in _states(model) for g, s in st.segments()}
+
+
+def sync_weights(model: nn.Module) -> nn.Module:
+    """Bring the masked tensors up to date with ``delta`` (needed only after changing delta by hand or with
+    a stock optimizer and reading weights without a forward; `MaskedAdamW` and the forward do it)."""
+    for st in _states(model):
+        st.sync()
+    return model
 
 
 def trainable_count(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> int:
@@ -162,10 +220,18 @@ def trainable_count(model: nn.Module, exclude: list[str] | tuple[str, ...] = ())
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """Fold every sparse delta into its weight and remove the parametrizations (in place; returned)."""
-    for name in list(_deltas(model)):
-        module, attr = _owner(model, name)
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    """Make every masked tensor a plain frozen parameter again, holding W0 + delta (in place; returned)."""
+    for name, st in [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedWeights)]:
+        st.sync()
+        for _, seg in st.segments():
+            seg.handle.remove()
+            weight = nn.Parameter(seg.weight.detach(), requires_grad=False)
+            for module, attr in seg.owners:
+                module._buffers.pop(attr)
+                module.register_parameter(attr, weight)
+        st.pre_hook.remove()
+        parent, _, attr = name.rpartition(".")
+        delattr(model.get_submodule(parent) if parent else model, attr)
     return model
 
 
@@ -173,9 +239,9 @@ def sparse_delta(model: nn.Module, head: list[str] | tuple[str, ...] = ()) -> di
     """The trained difference as flat tensors: ``<name>::indices``, ``<name>::values`` per masked tensor and
     ``<name>::dense`` for each head parameter (stored whole: it is freshly initialised, not a delta)."""
     out = {}
-    for name, p in _deltas(model).items():
-        out[f"{name}::indices"] = p.indices.detach().cpu()
-        out[f"{name}::values"] = p.delta.detach().cpu().contiguous()
+    for name, t in masked_tensors(model).items():
+        out[f"{name}::indices"] = t.indices.detach().cpu()
+        out[f"{name}::values"] = t.delta.detach().cpu().contiguous()
     params = dict(model.named_parameters())
     for n in head:
         out[f"{n}::dense"] = params[n].detach().cpu().contiguous()
@@ -188,18 +254,10 @@ def save_delta(model: nn.Module, path: str | Path, head: list[str] | tuple[str, 
 
     from .results import atomic_path
 
-    shapes = {f"shape:{n}": ",".join(map(str, p.original.shape)) for n, p in _shape_sources(model).items()}
+    shapes = {f"shape:{n}": ",".join(map(str, t.shape)) for n, t in masked_tensors(model).items()}
     with atomic_path(path) as tmp:
         save_file(sparse_delta(model, head), str(tmp), metadata={"format": "fishtune-sparse-delta-1", **shapes})
     return Path(path).stat().st_size
-
-
-def _shape_sources(model: nn.Module) -> dict:
-    out = {}
-    for name in _deltas(model):
-        module, attr = _owner(model, name)
-        out[name] = module.parametrizations[attr]
-    return out
 
 
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -220,58 +278,97 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 @torch.no_grad()
 def apply_delta(model: nn.Module, path: str | Path) -> nn.Module:
     """Add a saved sparse delta onto a pretrained ``model`` and load its head (in place; returned).
-    Raises ValueError when a name or shape does not match the model."""
+
+    All or nothing: every entry is checked first (names, shapes, index ranges, finite values) and the model
+    is changed only when all fit; otherwise ValueError naming the file and the parameter."""
     tensors, meta = load_delta(path)
     params = dict(model.named_parameters())
+    ops = []
     for key, t in tensors.items():
-        name, _, kind = key.rpartition("::")
+        name, sep, kind = key.rpartition("::")
+        if not sep or kind not in ("dense", "indices", "values"):
+            raise ValueError(f"sparse delta {path}: unexpected entry {key!r}")
         if name not in params:
             raise ValueError(f"sparse delta {path}: parameter {name!r} is not in the model (made for another model?)")
         p = params[name]
+        if kind == "values":
+            if f"{name}::indices" not in tensors:
+                raise ValueError(f"sparse delta {path}: {name!r} has values but no indices")
+            continue
+        values = t if kind == "dense" else tensors.get(f"{name}::values")
+        if values is None:
+            raise ValueError(f"sparse delta {path}: {name!r} has indices but no values")
+        if not values.is_floating_point() or not bool(torch.isfinite(values).all()):
+            raise ValueError(f"sparse delta {path}: {name!r} holds non-finite or non-float values")
         if kind == "dense":
             if tuple(t.shape) != tuple(p.shape):
                 raise ValueError(f"sparse delta {path}: {name!r} has shape {tuple(t.shape)}, model {tuple(p.shape)}")
-            p.copy_(t)
-        elif kind == "indices":
-            shape = meta.get(f"shape:{name}")
-            if shape is not None and tuple(int(x) for x in shape.split(",")) != tuple(p.shape):
-                raise ValueError(f"sparse delta {path}: {name!r} has shape {shape}, model {tuple(p.shape)}")
-            values = tensors[f"{name}::values"]
-            if t.numel() and int(t.max()) >= math.prod(p.shape):
-                raise ValueError(f"sparse delta {path}: indices of {name!r} fall outside its shape")
-            flat = p.view(-1)
-            flat.index_add_(0, t.to(p.device), values.to(p.device, p.dtype))
+            ops.append((p, None, t))
+            continue
+        shape = meta.get(f"shape:{name}")
+        if shape is not None and tuple(int(x) for x in shape.split(",")) != tuple(p.shape):
+            raise ValueError(f"sparse delta {path}: {name!r} has shape {shape}, model {tuple(p.shape)}")
+        if t.dtype not in (torch.int64, torch.int32) or t.dim() != 1 or tuple(values.shape) != tuple(t.shape):
+            raise ValueError(f"sparse delta {path}: indices and values of {name!r} do not match")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= math.prod(p.shape)):
+            raise ValueError(f"sparse delta {path}: indices of {name!r} fall outside its shape")
+        ops.append((p, t, values))
+    for p, idx, values in ops:
+        if idx is None:
+            p.copy_(values)
+        else:
+            p.view(-1).index_add_(0, idx.to(p.device, torch.long), values.to(p.device, p.dtype))
     return model
 
 
 class MaskedAdamW(torch.optim.AdamW):
     """AdamW whose decoupled weight decay on a sparse ``delta`` acts on the effective weight W0 + delta,
-    the update a dense AdamW applies to the masked entries. Other trainable parameters (the head) are
-    treated exactly as AdamW treats them."""
+    the update a dense AdamW applies to the masked entries; a masked tensor that got no gradient in a step
+    is left as it was (as a dense AdamW skips a parameter without a gradient). Other trainable parameters
+    (the head) are treated exactly as AdamW treats them. After each step the model's masked tensors are
+    brought up to date. On CUDA the fused AdamW kernel is used unless ``fused``/``foreach`` is given."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, **kw) -> None:
-        deltas = _deltas(model).values()
-        sparse = [d.delta for d in deltas if d.delta.requires_grad]
+        groups = [g for st in _states(model) for g in st.groups]
+        sparse = [g.delta for g in groups if g.delta.requires_grad]
         ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [g for g in ({"params": sparse, "sparse": True}, {"params": dense, "sparse": False}) if g["params"]]
-        super().__init__(groups, lr=lr, weight_decay=weight_decay, **kw)
-        self._bases = {id(d.delta): d.base for d in deltas}
+        every = sparse + dense
+        if every and all(p.is_cuda for p in every) and "fused" not in kw and "foreach" not in kw:
+            kw["fused"] = True
+        param_groups = [g for g in ({"params": sparse, "sparse": True}, {"params": dense, "sparse": False})
+                        if g["params"]]
+        super().__init__(param_groups, lr=lr, weight_decay=weight_decay, **kw)
+        self._groups = {id(g.delta): g for g in groups}
 
     @torch.no_grad()
     def step(self, closure=None):
+        keep = []  # (delta slice, its saved values and moments) of segments without a gradient
         for group in self.param_groups:
-            if group.get("sparse") and group["weight_decay"]:
-                lr, wd = group["lr"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is not None:  # AdamW's p*(1 - lr*wd), applied to W0 + p
-                        p.sub_(lr * wd * (self._bases[id(p)].to(p.dtype) + p))
+            if not group.get("sparse"):
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                for seg in self._groups[id(p)].untouched():
+                    sl = slice(seg.offset, seg.offset + seg.count)
+                    state = [t for t in self.state.get(p, {}).values() if torch.is_tensor(t) and t.dim()]
+                    keep.append([(t[sl], t[sl].clone()) for t in [p, *state]])
+                if group["weight_decay"]:  # AdamW's p*(1 - lr*wd), applied to W0 + p
+                    base = self._groups[id(p)].base
+                    p.sub_(group["lr"] * group["weight_decay"] * (base.to(p.dtype) + p))
         saved = [g["weight_decay"] for g in self.param_groups]
         for g in self.param_groups:
             if g.get("sparse"):
                 g["weight_decay"] = 0.0
         try:
-            return super().step(closure)
+            loss = super().step(closure)
         finally:
             for g, wd in zip(self.param_groups, saved):
                 g["weight_decay"] = wd
+        for pairs in keep:
+            for view, old in pairs:
+                view.copy_(old)
+        for g in self._groups.values():
+            g.sync(trust=True)
+        return loss

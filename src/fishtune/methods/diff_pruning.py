@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from ..config import ConfigError
 from ..fisher import per_sample_loss
-from ..masked import _deltas
+from ..masked import masked_tensors
 from ..masks import Mask, select_top_k
 from .base import Context, Method, Plan, register
 
@@ -152,7 +152,7 @@ def _start_from(mask: Mask, delta: dict[str, torch.Tensor], heads: dict[str, tor
 
     @torch.no_grad()
     def wrap(model: nn.Module) -> nn.Module:
-        for name, sd in _deltas(model).items():
+        for name, sd in masked_tensors(model).items():
             sd.delta.copy_(delta[name].reshape(-1)[sd.indices.to(delta[name].device)].to(sd.delta))
         params = dict(model.named_parameters())
         for n, h in heads.items():

@@ -4,6 +4,11 @@ Paper §5.3: batch size 32, the task's learning rate, early stopping with patien
 exceeds 0.3. Inputs are padded per batch (dynamic padding; ``group_by_length`` sorts batches by length);
 bf16 autocast on CUDA, fp32 on CPU. The loop knows only the model, a `StepHook` and the data: it never
 imports a method. The score reported is the best dev epoch's.
+
+No step waits for the GPU: batches are copied from pinned memory without blocking, the losses stay on the
+device and are checked for NaN/inf every ``CHECK_EVERY`` steps and before each evaluation (a non-finite loss
+still fails the run with the step it appeared at), and training time is read with one synchronisation
+before each evaluation.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from tqdm.auto import tqdm
 
 from ..config import TaskConfig, TrainConfig
 from ..data.metrics import compute_metrics, headline
-from ..masked import MaskedAdamW, recompute_weights
+from ..masked import MaskedAdamW, sync_weights
 
-__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict", "planned_steps"]
+__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict", "planned_steps", "train_step"]
+
+CHECK_EVERY = 50  # steps between checks of the losses for NaN/inf (each check waits for the device)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,15 +56,21 @@ def planned_steps(num_examples: int, cfg: TrainConfig) -> int:
     return cfg.max_steps or max(1, math.ceil(num_examples / cfg.batch_size)) * cfg.epochs
 
 
-def _loader(ds, collate, batch_size: int, shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
+def _loader(ds, collate, batch_size: int, shuffle: bool, seed: int, group_by_length: bool = False,
+            pin: bool = False) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     if group_by_length:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         lengths = [len(x) for x in ds["input_ids"]]
         sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=gen)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, pin_memory=pin)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate,
+                      pin_memory=pin)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -70,8 +83,8 @@ def predict(model: nn.Module, ds, collate, device, batch_size: int = 64, bf16: b
     """Predictions (class ids, or floats for one output) and labels over ``ds``."""
     model.eval()
     preds, labels = [], []
-    for batch in _loader(ds, collate, batch_size, shuffle=False, seed=0):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in _loader(ds, collate, batch_size, shuffle=False, seed=0, pin=device.type == "cuda"):
+        batch = _to(batch, device)
         y = batch.pop("labels")
         with _autocast(device, bf16):
             logits = model(**batch).logits.float()
@@ -94,6 +107,33 @@ def evaluate(model: nn.Module, evals: dict, collate, task: TaskConfig, device, b
     return float(sum(scores) / len(scores)), metrics
 
 
+def train_step(model: nn.Module, batch: dict, opt: torch.optim.Optimizer, device: torch.device, bf16: bool,
+               hook: Callable | None = None, step: int = 0, sched=None) -> torch.Tensor:
+    """One optimizer step on ``batch`` (already on ``device``); returns the loss, still on the device."""
+    with _autocast(device, bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    if hook is not None:
+        hook(model, step)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _first_nonfinite(losses: list[tuple[int, torch.Tensor]]) -> tuple[int, float] | None:
+    """(step, value) of the first non-finite loss in ``losses`` [(step, 0-d tensor)], or None (one sync)."""
+    if not losses:
+        return None
+    values = torch.stack([v.float() for _, v in losses])
+    bad = ~torch.isfinite(values)
+    if not bool(bad.any()):
+        return None
+    i = int(bad.nonzero()[0, 0])
+    return losses[i][0], float(values[i])
+
+
 def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
         device: torch.device, seed: int, hook: Callable | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -105,7 +145,8 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     torch.manual_seed(seed)
     lr = cfg.lr or task.lr
     opt = MaskedAdamW(model, lr=lr, weight_decay=cfg.weight_decay)
-    loader = _loader(train_ds, collate, cfg.batch_size, shuffle=True, seed=seed, group_by_length=cfg.group_by_length)
+    loader = _loader(train_ds, collate, cfg.batch_size, shuffle=True, seed=seed, group_by_length=cfg.group_by_length,
+                     pin=device.type == "cuda")
     steps_per_epoch = max(1, len(loader))
     total = planned_steps(len(train_ds), cfg)
     epochs = math.ceil(total / steps_per_epoch)
@@ -118,10 +159,23 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     trainable = [p for p in model.parameters() if p.requires_grad]
     best: dict = {"score": -math.inf}
     history, step, seen, train_time, stale, stopped = [], 0, 0, 0.0, 0, False
+    losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/inf
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, leave=False)
+    t0 = time.perf_counter()
+
+    def check() -> None:
+        bad = _first_nonfinite(losses)
+        losses.clear()
+        if bad is not None:
+            bar.close()
+            raise NonFiniteLoss(*bad)
 
     def run_eval(epoch: int) -> None:
-        nonlocal best, stale
+        nonlocal best, stale, train_time, t0
+        check()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
         score, metrics = evaluate(model, evals, collate, task, device, cfg.eval_batch_size, cfg.bf16)
         entry = {"epoch": epoch, "step": step, "score": score, "metrics": metrics}
         history.append(entry)
@@ -133,28 +187,17 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         bar.set_postfix(score=f"{score:.4f}")
         if on_epoch:
             on_epoch(entry)
+        t0 = time.perf_counter()
 
     for epoch in range(1, epochs + 1):
         model.train()
         for batch in loader:
-            t0 = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with _autocast(device, cfg.bf16), recompute_weights():  # no dense W0+delta kept for backward
-                loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                bar.close()
-                raise NonFiniteLoss(step + 1, float(loss))
-            loss.backward()
-            if hook is not None:
-                hook(model, step)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - t0
-            step += 1
             seen += batch["labels"].shape[0]
+            loss = train_step(model, _to(batch, device), opt, device, cfg.bf16, hook, step, sched)
+            losses.append((step + 1, loss))
+            step += 1
+            if step % CHECK_EVERY == 0:
+                check()
             bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 run_eval(epoch)
@@ -170,6 +213,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     with torch.no_grad():
         for p in trainable:
             p.copy_(best["state"][id(p)])
+    sync_weights(model)
     return TrainResult(score=best["score"], metrics=best["metrics"], best_epoch=best["epoch"], steps=step,
                        epochs_run=history[-1]["epoch"], train_seconds=train_time,
                        samples_per_second=seen / train_time if train_time else 0.0,

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 15 in one call (about 5 minutes on one H100/H200; nothing downloaded: random-init
+# paper-size models, MiniLM from its package). Writes <date>-<gpu>.md with every bench's last lines, and
+# the full log, into $OUT (the device tool's folder) or bench/results/.
+#   on the GPU machine:  source .gpu/env.sh && bash bench/gpu.sh
+# When .gpu/old/ holds an older checkout (bench/README.md says how), its run.py runs beside ours as the
+# baseline of the run.py goals, on the same GPU in the same call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+[[ $PY == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+DEVICE=${DEVICE:-cuda}    # DEVICE=cpu EXTRA="..." tries the run.py part here (a smoke test of this script)
+EXTRA=${EXTRA:-}
+DEST=${OUT:-bench/results}
+mkdir -p "$DEST"
+GPU=$($PY -c "import torch; print(torch.cuda.get_device_name(0).split()[1] if torch.cuda.is_available() else 'cpu')")
+RES="$DEST/$(date +%F)-$GPU.md"
+LOG="$DEST/gpu-log.txt"
+RUNS=/tmp/fishtune-gpu-runs
+rm -rf "$RUNS"
+: >"$LOG"
+{
+  echo "# GPU checks, $(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo
+  $PY -c "import torch, transformers; print(f'- {torch.cuda.get_device_name(0)}, torch {torch.__version__}, transformers {transformers.__version__}')"
+  echo
+} >"$RES"
+
+# bench NAME LIMIT CMD...: run one bench, keep its lines "...: ours ... reference ... ratio ..."
+bench() {
+  local name=$1 limit=$2; shift 2
+  echo "### $name: $*" >>"$LOG"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "## $name" >>"$RES"
+  echo '```' >>"$RES"
+  echo "\$ $*" >>"$RES"
+  sed -n '/^### '"$name"':/,$p' "$LOG" | grep -E "(: ours .* reference .* ratio|^model |^hooks|^peak|^ *(dense|dense-mask|sparse|sparse-noemb|lora-r8):|^toy|^ours|difference)" >>"$RES"
+  echo "(exit $rc, $((SECONDS - t0)) s)" >>"$RES"
+  echo '```' >>"$RES"
+}
+
+# runpy NAME CODE_DIR ARGS...: one run.py job; its samples/s and timings from result.json
+runpy() {
+  local name=$1 code=$2; shift 2
+  local dir="$RUNS/$name"
+  echo "### $name: run.py $*" >>"$LOG"
+  local t0=$SECONDS
+  (cd "$code" && PYTHONPATH="$code/src:${PYTHONPATH:-}" timeout 300 $PY run.py "$@" $EXTRA device=$DEVICE resume=false \
+    train.progress=false data.dir="$OLDPWD/data/glue" hydra.run.dir="$dir") >>"$LOG" 2>&1
+  local rc=$? wall=$((SECONDS - t0))
+  $PY - "$dir/result.json" "$name" "$rc" "$wall" "$*" >>"$RES" <<'EOF'
+import json, sys
+path, name, rc, wall, args = sys.argv[1:]
+try:
+    r = json.load(open(path))
+except Exception as e:
+    print(f"- {name}: no result (exit {rc}, {wall} s): {e}")
+    raise SystemExit
+t = r.get("timings", {})
+cells = r.get("cells") or [r]
+steps = sum(c.get("steps") or 0 for c in cells)
+print(f"- {name} (`run.py {args}`): status {r.get('status')}, score {r.get('score')}, "
+      f"{t.get('samples_per_second', 0):.0f} training samples/s, train {t.get('train_seconds', 0):.1f} s, "
+      f"selection {t.get('selection_seconds', 0):.1f} s, run {t.get('total_seconds', 0):.1f} s, "
+      f"{steps} steps, command wall {wall} s, peak {r.get('peak_memory', {}).get('cuda_max_allocated_mib', 0):.0f} MiB")
+EOF
+}
+
+if [ "$DEVICE" = cuda ]; then
+bench step-bert-base 120 $PY bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+bench masked-bert-base 150 $PY bench/masked_memory.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+bench masked-llama-1b 200 $PY bench/masked_memory.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256
+bench fisher-bert-base 150 $PY bench/fisher.py --model bert-base --random-init --device cuda --samples 256 --batch 32 --seq 128 --precision bf16
+bench fisher-llama-1b 200 $PY bench/fisher.py --model llama-3.2-1b --random-init --device cuda --samples 64 --batch 8 --seq 256 --precision bf16
+bench epoch-bert-base 150 $PY bench/epoch.py --model bert-base --random-init --device cuda --samples 2048 --batch 32
+fi
+
+echo "## run.py (MiniLM, SST-2 30,000 sentences, 1 epoch; RTE ladder 3 epochs per cell)" >>"$RES"
+SST=(model=minilm task=glue/sst2 sparsity=0.5 train.epochs=1 data.max_train_samples=30000)
+runpy fish "$PWD" "${SST[@]}" method=fish
+runpy dense "$PWD" "${SST[@]}" method=dense
+runpy ird-ladder "$PWD" model=minilm task=glue/rte method=ird sparsity=ladder train.epochs=3
+if [ -f .gpu/old/run.py ]; then
+  runpy old-fish "$PWD/.gpu/old" "${SST[@]}" method=fish
+  runpy old-ird-ladder "$PWD/.gpu/old" model=minilm task=glue/rte method=ird sparsity=ladder train.epochs=3
+fi
+echo >>"$RES"
+cat "$RES"
