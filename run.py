@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
+    message = ""
     try:
         rc = validate(cfg)  # 1. typed schema: one line per bad value, before any heavy work
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -45,14 +46,22 @@ def main(cfg: DictConfig) -> None:
         result = run_experiment(rc, out_dir, config, before_cell=between_cells)
         print(format_result(result))
         code = 0 if result["status"] == "ok" else 1
+        message = (result.get("reason") or "failed") if code else ""
     except DataUnavailable as e:  # recorded as skipped by run_experiment; a sweep goes on
-        print(f"skipped: {e}", file=sys.stderr)
+        message = f"skipped: {e}"
+        print(message, file=sys.stderr)
         code = 1
     except (ConfigError, ModelUnavailable, ValueError) as e:
         write_status(out_dir / "result.json", "failed", str(e), cfg)
-        print(f"error: {e}", file=sys.stderr)
+        message = f"error: {e}"
+        print(message, file=sys.stderr)
         code = 2
-    if code and not sweeping:
+    if sweeping:
+        from fishtune.report.callback import record_job
+
+        # a task without data offline is skipped, not failed: `task=glue/*` sweeps go on and succeed
+        record_job(hc.sweep.dir, hc.job.num, 0 if message.startswith("skipped") else code, out_dir, message)
+    elif code:
         sys.exit(code)
 
 
@@ -63,3 +72,9 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     main()
+    from fishtune.report.callback import SWEEP
+
+    if SWEEP.get("failed"):  # a multirun: exit non-zero when any job failed or was skipped
+        failed = SWEEP["failed"]
+        print(f"{len(failed)} of {SWEEP['total']} jobs failed: {failed[0][1] or failed[0][0]}", file=sys.stderr)
+        sys.exit(1)

@@ -17,6 +17,10 @@ GPU=$($PY -c "import torch; print(torch.cuda.get_device_name(0).split()[1] if to
 RES="$DEST/$(date +%F)-$GPU.md"
 LOG="$DEST/gpu-log.txt"
 RUNS=/tmp/fishtune-gpu-runs
+DEADLINE=$((SECONDS + ${BUDGET:-530}))  # the device tool's call limit is 600 s: later checks are skipped
+left() {  # left LIMIT: seconds the next check may take (0: skip it)
+  local l=$((DEADLINE - SECONDS)); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 20 ] && l=0; echo "$l"
+}
 rm -rf "$RUNS"
 : >"$LOG"
 {
@@ -31,6 +35,8 @@ bench() {
   local name=$1 limit=$2; shift 2
   echo "### $name: $*" >>"$LOG"
   local t0=$SECONDS
+  limit=$(left "$limit")
+  if [ "$limit" = 0 ]; then echo "- $name: skipped (out of time)" >>"$RES"; return; fi
   timeout "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
   echo "## $name" >>"$RES"
@@ -46,8 +52,10 @@ runpy() {
   local name=$1 code=$2; shift 2
   local dir="$RUNS/$name"
   echo "### $name: run.py $*" >>"$LOG"
-  local t0=$SECONDS
-  (cd "$code" && PYTHONPATH="$code/src:${PYTHONPATH:-}" timeout 300 $PY run.py "$@" $EXTRA device=$DEVICE resume=false \
+  local t0=$SECONDS limit
+  limit=$(left 150)
+  if [ "$limit" = 0 ]; then echo "- $name: skipped (out of time)" >>"$RES"; return; fi
+  (cd "$code" && PYTHONPATH="$code/src:${PYTHONPATH:-}" timeout "$limit" $PY run.py "$@" $EXTRA device=$DEVICE resume=false \
     train.progress=false data.dir="$OLDPWD/data/glue" hydra.run.dir="$dir") >>"$LOG" 2>&1
   local rc=$? wall=$((SECONDS - t0))
   $PY - "$dir/result.json" "$name" "$rc" "$wall" "$*" >>"$RES" <<'EOF'
@@ -68,23 +76,24 @@ print(f"- {name} (`run.py {args}`): status {r.get('status')}, score {r.get('scor
 EOF
 }
 
-if [ "$DEVICE" = cuda ]; then
-bench step-bert-base 120 $PY bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
-bench masked-bert-base 150 $PY bench/masked_memory.py --model bert-base --random-init --device cuda --batch 32 --seq 128
-bench masked-llama-1b 200 $PY bench/masked_memory.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256
-bench fisher-bert-base 150 $PY bench/fisher.py --model bert-base --random-init --device cuda --samples 256 --batch 32 --seq 128 --precision bf16
-bench fisher-llama-1b 200 $PY bench/fisher.py --model llama-3.2-1b --random-init --device cuda --samples 64 --batch 8 --seq 256 --precision bf16
-bench epoch-bert-base 150 $PY bench/epoch.py --model bert-base --random-init --device cuda --samples 2048 --batch 32
-fi
-
-echo "## run.py (MiniLM, SST-2 30,000 sentences, 1 epoch; RTE ladder 3 epochs per cell)" >>"$RES"
 SST=(model=minilm task=glue/sst2 sparsity=0.5 train.epochs=1 data.max_train_samples=30000)
+LADDER=(model=minilm task=glue/rte method=ird sparsity=ladder train.epochs=3)
+if [ "$DEVICE" = cuda ]; then
+  bench masked-bert-base 90 $PY bench/masked_memory.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+  bench masked-llama-1b 150 $PY bench/masked_memory.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256
+fi
+echo "## run.py (MiniLM; SST-2: 30,000 sentences, 1 epoch; RTE: IRD ladder, 3 epochs per cell)" >>"$RES"
 runpy fish "$PWD" "${SST[@]}" method=fish
 runpy dense "$PWD" "${SST[@]}" method=dense
-runpy ird-ladder "$PWD" model=minilm task=glue/rte method=ird sparsity=ladder train.epochs=3
-if [ -f .gpu/old/run.py ]; then
-  runpy old-fish "$PWD/.gpu/old" "${SST[@]}" method=fish
-  runpy old-ird-ladder "$PWD/.gpu/old" model=minilm task=glue/rte method=ird sparsity=ladder train.epochs=3
-fi
+runpy ird-ladder "$PWD" "${LADDER[@]}"
+[ -f .gpu/old/run.py ] && runpy old-fish "$PWD/.gpu/old" "${SST[@]}" method=fish
 echo >>"$RES"
+if [ "$DEVICE" = cuda ]; then
+  bench fisher-bert-base 90 $PY bench/fisher.py --model bert-base --random-init --device cuda --samples 256 --batch 32 --seq 128 --precision bf16
+  bench fisher-llama-1b 120 $PY bench/fisher.py --model llama-3.2-1b --random-init --device cuda --samples 64 --batch 8 --seq 256 --precision bf16
+  bench epoch-bert-base 90 $PY bench/epoch.py --model bert-base --random-init --device cuda --samples 2048 --batch 32
+  bench step-minilm 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 32
+  bench step-bert-base 60 $PY bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+fi
+[ -f .gpu/old/run.py ] && runpy old-ird-ladder "$PWD/.gpu/old" "${LADDER[@]}"
 cat "$RES"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,24 @@ def test_api_mask_equals_run_py_mask(tmp_path):
                       progress=False)
     mask, _ = ft.fish_mask(sel, 0.5, 8, seed=3)
     assert mask.sha256() == expected
+
+
+def test_git_commit_is_fishtunes_own(tmp_path):
+    """versions.git is this checkout's commit; a copy of the package inside another repository records
+    'unknown', never that repository's commit."""
+    import shutil
+
+    from fishtune.experiment import fishtune_commit
+
+    own = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if own:
+        assert fishtune_commit() == own
+    shutil.copytree(ROOT / "src", tmp_path / "vendor" / "src")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "other"], cwd=tmp_path, check=True)
+    code = "from fishtune.experiment import fishtune_commit; print(fishtune_commit())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "vendor" / "src")})
+    assert out.stdout.strip() == "unknown", out.stderr[-2000:]

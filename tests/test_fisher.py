@@ -1,6 +1,7 @@
 """Fisher engines: the batch-size-1 loop against a naive per-example loop written here, the batched "hooks"
 engine against the loop (tiny BERT/GPT-2/Llama/RoBERTa/DistilBERT, right and left padding, diag and φ,
-squared and absolute, empirical and expected), chunking, engine selection, and real MiniLM on SST-2."""
+squared and absolute, empirical and expected), the RMSNorm closed form and its probe, chunking, engine
+selection, the tf32/bf16 precisions, and real MiniLM on SST-2."""
 
 from __future__ import annotations
 
@@ -159,7 +160,10 @@ def test_chunking_gives_same_result(arch, monkeypatch):
     _assert_same(whole, chunked)
     names = [n for n, _ in model.named_parameters()]
     parts = list(_persample.batch_stats(model, batches[0], names, "empirical", None, None, "squared", chunk_size=4))
-    assert [len(phi) for _, phi in parts] == [4, 4, 3]
+    assert all(len(phi) <= 4 for _, phi, _ in parts)
+    assert sorted(torch.cat([rows for _, _, rows in parts]).tolist()) == list(range(11))
+    parts = list(_persample.batch_stats(model, batches[0], names, "expected", None, None, "squared", chunk_size=4))
+    assert [rows.tolist() for _, _, rows in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -176,6 +180,117 @@ def test_auto_falls_back_to_loop_for_unsupported_modules():
     names = [n for n, _ in model.named_parameters()]
     assert not _persample.supports(model, names)
     assert _persample.supports(model, [n for n in names if not n.startswith("extra.")])
+
+
+class _OffsetRMSNorm(torch.nn.Module):
+    """Gemma-style: x̂ · (1 + w); its weight gradient still has the closed form δ ⊙ x̂."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(d) * 0.1)
+        self.eps = 1e-6
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * (1 + self.weight)).type_as(x)
+
+
+class _CenteredNorm(torch.nn.Module):
+    """A LayerNorm without bias under another name: not the RMS form, the probe must refuse it."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(1 + torch.randn(d) * 0.1)
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.variance_epsilon) * self.weight
+
+
+def _kinds(model):
+    names = [n for n, _ in model.named_parameters()]
+    return {type(m).__name__: k for m, k, _ in _persample.plan(model, names)}
+
+
+def test_llama_rmsnorm_uses_closed_form_and_equals_loop():
+    model = tiny_model("llama")
+    assert _kinds(model)["LlamaRMSNorm"] == "rmsnorm"
+    names = [n for n, _ in model.named_parameters() if "norm" in n]
+    batches = _batches("llama", "left")
+    mask = _random_mask(model, 0.5)
+    ref = compute_fisher(model, batches, params=names, engine="loop", phi_mask=mask, progress=False)
+    got = compute_fisher(model, batches, params=names, engine="hooks", phi_mask=mask, progress=False)
+    _assert_same(ref, got)
+    for n in names:  # exact to float32 rounding, not just to the shared tolerance
+        torch.testing.assert_close(got.diag[n], ref.diag[n], rtol=2e-5, atol=0)
+
+
+@pytest.mark.parametrize("norm,kind", [(_OffsetRMSNorm, "rmsnorm"), (_CenteredNorm, "func")])
+def test_norm_leaf_probe_picks_a_correct_path(norm, kind):
+    model = tiny_model("llama")
+    torch.manual_seed(1)
+    model.model.norm = norm(16)
+    for layer in model.model.layers:
+        layer.input_layernorm = norm(16)
+    assert _kinds(model)[norm.__name__] == kind
+    batches = _batches("llama", "left")
+    ref = compute_fisher(model, batches, engine="loop", progress=False)
+    got = compute_fisher(model, batches, engine="hooks", progress=False)
+    _assert_same(ref, got)
+
+
+def test_precision_option_is_validated_and_fp32_is_the_default():
+    model = tiny_model("bert")
+    batches = _batches("bert")[:1]
+    with pytest.raises(ValueError, match="fisher.precision"):
+        compute_fisher(model, batches, precision="fp16", progress=False)
+    default = compute_fisher(model, batches, engine="hooks", progress=False)
+    fp32 = compute_fisher(model, batches, engine="hooks", precision="fp32", progress=False)
+    assert default.precision == "fp32"
+    assert all(torch.equal(default.diag[n], fp32.diag[n]) for n in default.diag)
+    from fishtune.config import ConfigError, FisherConfig
+
+    with pytest.raises(ConfigError, match="fisher.precision"):
+        FisherConfig(precision="half")
+
+
+@pytest.mark.parametrize("engine", ["hooks", "loop"])
+def test_tf32_sets_the_flag_only_inside_the_call(engine, monkeypatch):
+    from fishtune import fisher as fisher_module
+
+    model = tiny_model("bert")
+    batches = _batches("bert")
+    real, seen = fisher_module.per_sample_loss, []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fisher_module, "per_sample_loss", spy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    got = compute_fisher(model, batches, engine=engine, precision="tf32", progress=False)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert seen and all(seen)
+    monkeypatch.undo()
+    ref = compute_fisher(model, batches, engine="loop", progress=False)
+    _assert_same(ref, got)  # TF32 changes nothing on CPU
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_bf16_is_close_to_fp32(arch):
+    model = tiny_model(arch)
+    batches = _batches(arch, "left" if arch in DECODERS else "right")
+    mask = _random_mask(model)
+    ref = compute_fisher(model, batches, engine="loop", phi_mask=mask, progress=False)
+    got = compute_fisher(model, batches, engine="hooks", phi_mask=mask, precision="bf16", progress=False)
+    assert got.precision == "bf16" and all(v.dtype == torch.float32 for v in got.diag.values())
+    total = sum(float(v.sum()) for v in ref.diag.values())
+    assert abs(sum(float(v.sum()) for v in got.diag.values()) / total - 1) < 2e-2
+    for n, v in ref.diag.items():  # every tensor holding a visible share of the mass (not the ~0 key biases)
+        if float(v.sum()) > 1e-3 * total:
+            assert abs(float(got.diag[n].sum()) / float(v.sum()) - 1) < 2e-2, n
+    torch.testing.assert_close(got.phi, ref.phi, rtol=2e-2, atol=0)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def _sst2_sentences(n: int):

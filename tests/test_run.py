@@ -74,6 +74,10 @@ def test_ladder_job_resumes_only_missing_cells(tmp_path):
     resumed = read_result(tmp_path / "job" / "result.json")
     assert [c["score"] for c in resumed["cells"]] == [c["score"] for c in result["cells"]]
     assert run(args, tmp_path, check=True).stdout.count("already complete") == 1  # the whole job is done
+    # the resume key leaves out what does not change a result: a cell job finds the ladder's cell file
+    for extra in (["cell=r10-n8"], ["train.progress=false"], ["cell=r5-n1", "train.progress=false"]):
+        out = run([*args, *extra], tmp_path, check=True).stdout
+        assert ": training" not in out and "already complete" in out, (extra, out[-2000:])
 
 
 def test_killed_ladder_job_finishes_the_rest(tmp_path):
@@ -157,3 +161,29 @@ def test_nan_loss_fails_with_step(tmp_path):
     r = read_result(Path(tmp_path) / "j" / "result.json")
     assert r["status"] == "failed" and r["failed_step"] >= 1 and "at step" in r["reason"]
     assert out.returncode != 0
+
+
+def test_failing_rerun_never_touches_a_finished_result(tmp_path):
+    """A bad-input rerun into a finished run folder exits non-zero and leaves result.json, the cell files
+    and the masks byte-identical (`.hydra/` is Hydra's record of the last command)."""
+    args = [*TINY, "task=glue/rte", "method=fish", "sparsity=0.5", "hydra.run.dir=job"]
+    run(args, tmp_path, check=True)
+    job = tmp_path / "job"
+
+    def files():
+        return {p.relative_to(job): p.read_bytes() for p in job.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+
+    before = files()
+    assert json.loads((job / "result.json").read_text())["status"] == "ok"
+    for bad in (["train.lr=-1"], ["method=ird"], ["fisher.num_samples=500"]):
+        out = run([*args, *bad], tmp_path)
+        assert out.returncode != 0 and "error:" in out.stderr, bad
+        assert files() == before, f"{bad}: a failing rerun changed the finished run"
+
+
+def test_sweep_with_failed_jobs_exits_non_zero(tmp_path):
+    out = run(["-m", *TINY, "task=glue/rte", "method=dense", "seed=1,2", "train.lr=-1", "name=f"], tmp_path)
+    assert out.returncode != 0
+    assert "2 of 2 jobs failed: error: train.lr" in out.stderr, out.stderr[-2000:]
+    ok = run(["-m", *TINY, "task=glue/rte", "method=bitfit", "seed=1,2", "name=g"], tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]

@@ -108,6 +108,7 @@ class FisherConfig:
     batch_size: int = 16  # samples per forward in the Fisher pass
     dropout: bool = False  # compute in train() mode (dropout on) instead of eval()
     scope: str | None = None  # regex over parameter names limiting Fisher and mask (None: all)
+    precision: str = "fp32"  # fp32 (exact) | tf32 (CUDA matmuls in TF32) | bf16 (bf16 autocast, fp32 squares)
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, f"fisher.num_samples must be >= 1, got {self.num_samples}")
@@ -115,6 +116,8 @@ class FisherConfig:
         _check(self.grad in ("squared", "absolute"), f"fisher.grad must be squared|absolute, got {self.grad!r}")
         _check(self.engine in ("auto", "loop", "hooks"), f"fisher.engine must be auto|loop|hooks, got {self.engine!r}")
         _check(self.batch_size >= 1, f"fisher.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.precision in ("fp32", "tf32", "bf16"),
+               f"fisher.precision must be fp32|tf32|bf16, got {self.precision!r}")
 
 
 @dataclass

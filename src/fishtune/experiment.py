@@ -25,7 +25,7 @@ from .data.glue import DataUnavailable, load_task, tokenize
 from .masked import apply_mask, merge, save_delta, trainable_count
 from .methods import Context, Plan, create
 from .models import ModelUnavailable, load_model
-from .results import SCHEMA, is_complete, read_result, write_json
+from .results import SCHEMA, is_complete, read_result, write_json, write_unless_ok
 from .selection import Selector
 from .train.loop import NonFiniteLoss, fit, planned_steps
 
@@ -34,9 +34,24 @@ __all__ = ["run_experiment", "config_hash", "resolve_device"]
 FISHER_METHODS = ("fish", "ird", "reverse_ird")
 
 
+# config keys that never change a result: which cells to train, whether to resume, the sweep's name,
+# progress bars (a run or cell written under other values of these is the same result)
+NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
+NOT_IN_KEY_TRAIN = ("progress",)
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the resolved config (what decides a result), to tell a finished run of the same job."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
+    ``train.progress``, plus the torch/transformers/peft versions), to tell finished work of the same job."""
+    import peft
+    import transformers
+
+    key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
+    if isinstance(key.get("train"), dict):
+        key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
+    key["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                       "peft": peft.__version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,13 +67,23 @@ def _versions() -> dict[str, str]:
     import transformers
 
     out = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "peft": peft.__version__}
-    try:
-        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                    cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = None
+           "transformers": transformers.__version__, "peft": peft.__version__, "git": fishtune_commit()}
     return out
+
+
+def fishtune_commit() -> str:
+    """fishtune's own git commit: only when this package lies in a checkout whose root holds it as
+    ``src/fishtune`` (a copy inside another repository must not record that repository's commit)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=root)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = top.stdout.split()
+    if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return "unknown"
+    return lines[1]
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
@@ -84,6 +109,10 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     if rc.resume and is_complete(result_path, chash) and rc.cell is None:
         log(f"already complete: {result_path}")
         return read_result(result_path)
+    cell_path = out / "cells" / f"{rc.cell}.json"
+    if rc.resume and rc.cell is not None and is_complete(cell_path, chash):  # written by a ladder or a cell job
+        log(f"cell {rc.cell}: already complete ({cell_path})")
+        return read_result(cell_path)
     method = create(rc.method)  # validates the method's options before any heavy work
     device = resolve_device(rc.device)
     base = {"schema": SCHEMA, "task": rc.task.name, "model": rc.model.name, "method": method.name,
@@ -94,14 +123,14 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     try:
         raw = load_task(rc.task, rc.data, rc.seed)
     except DataUnavailable as e:
-        write_json(result_path, {**base, "status": "skipped", "reason": str(e)})
+        write_unless_ok(result_path, {**base, "status": "skipped", "reason": str(e)})
         raise
     _check_sizes(rc, method.name, len(raw.train))
     torch.manual_seed(rc.seed)  # the task head's initialisation
     try:
         loaded = load_model(rc.model, rc.task.num_labels, device)
     except ModelUnavailable as e:
-        write_json(result_path, {**base, "status": "failed", "reason": str(e)})
+        write_unless_ok(result_path, {**base, "status": "failed", "reason": str(e)})
         raise
     model, head = loaded.model, loaded.head
     if rc.model.arch == "decoder" and rc.task.prompt is None and rc.task.decoder_prompt:
@@ -147,14 +176,14 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
         log(f"cell {plan.cell}: training ({_describe(plan)})")
         cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out)
         cell = {**base, **cell}
-        write_json(cell_path, cell)
+        (write_json if cell["status"] == "ok" else write_unless_ok)(cell_path, cell)
         cells.append(cell)
         if cell["status"] == "failed":
             break
     timings["total_seconds"] = time.perf_counter() - t0
     result = _summarise(base, cells, plans, timings, device)
     if rc.cell is None:
-        write_json(result_path, result)
+        (write_json if result["status"] == "ok" else write_unless_ok)(result_path, result)
     return result
 
 

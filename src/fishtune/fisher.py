@@ -9,12 +9,23 @@ Two engines compute the g_i, both exact:
 - ``"loop"``: the reference, one backward per sample (batch size 1, padding stripped), as the FISH code.
 - ``"hooks"``: per-sample gradients of whole batches from layer inputs and output gradients
   (`fishtune._persample`); used by ``"auto"`` when every parameter in scope lives in a supported layer.
-The model runs in eval() mode (no dropout) unless ``dropout=True``; F and φ accumulate in float32.
+The model runs in eval() mode (no dropout) unless ``dropout=True``; F accumulates in float32, φ in float64.
+
+``precision`` (both engines; the default is the exact one):
+- ``"fp32"``: float32 throughout, matmuls as the process has them set (TF32 off by default in PyTorch).
+- ``"tf32"``: CUDA matmuls in TF32 (``torch.backends.cuda.matmul.allow_tf32`` set only inside the call and
+  restored; the legacy flag alone, since mixing it with the new fp32_precision API raises in torch 2.13).
+  No effect on CPU.
+- ``"bf16"``: the forward under bf16 autocast (float32 weights; the backward follows its dtypes); the hooks
+  engine forms each per-sample product from bf16 operands with float32 accumulation and output (the loop
+  gets float32 parameter gradients from autograd). Squares and F stay float32, φ float64.
+Both fast precisions change F by rounding only (measure their agreement with ``bench/fisher.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +34,10 @@ from tqdm.auto import tqdm
 
 from .masks import Mask
 
-__all__ = ["FisherResult", "compute_fisher", "per_sample_loss"]
+__all__ = ["FisherResult", "compute_fisher", "per_sample_loss", "PRECISIONS"]
 
 SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass
@@ -37,6 +49,30 @@ class FisherResult:
     phi: torch.Tensor | None
     num_samples: int
     engine: str
+    precision: str = "fp32"
+
+
+@contextmanager
+def _tf32():
+    m = torch.backends.cuda.matmul
+    try:
+        before, attr, on = m.allow_tf32, "allow_tf32", True
+    except RuntimeError:  # the process set the new fp32_precision API: keep to it (mixing raises)
+        before, attr, on = m.fp32_precision, "fp32_precision", "tf32"
+    setattr(m, attr, on)
+    try:
+        yield
+    finally:
+        setattr(m, attr, before)
+
+
+def _precision_context(precision: str, device: torch.device) -> ExitStack:
+    stack = ExitStack()
+    if precision == "tf32":
+        stack.enter_context(_tf32())
+    elif precision == "bf16":
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    return stack
 
 
 def per_sample_loss(
@@ -94,15 +130,19 @@ def compute_fisher(
     dropout: bool = False,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> FisherResult:
     """Diagonal Fisher of ``model`` over every sample in ``batches`` (collated dicts with ``labels``).
 
     ``params``: names of the parameters to score (default: all); others get no gradient. ``phi_mask``:
     also return each sample's mass φ over these entries. ``grad="absolute"`` accumulates |g| instead of g²
-    (the FISH reference code's option). Raises ValueError when ``batches`` holds no sample.
+    (the FISH reference code's option). ``precision``: fp32 (exact, default) | tf32 | bf16, see the module
+    docstring. Raises ValueError when ``batches`` holds no sample or an option is unknown.
     """
     if grad not in ("squared", "absolute"):
         raise ValueError(f"fisher.grad must be squared|absolute, got {grad!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"fisher.precision must be fp32|tf32|bf16, got {precision!r}")
     named = dict(model.named_parameters())
     names = list(named) if params is None else list(params)
     unknown = [n for n in names if n not in named]
@@ -112,10 +152,11 @@ def compute_fisher(
         phi_mask.check_model(model)
     from . import _persample
 
-    if engine == "auto":
-        engine = "hooks" if _persample.supports(model, names) else "loop"
-    if engine not in ("loop", "hooks"):
+    if engine not in ("auto", "loop", "hooks"):
         raise ValueError(f"fisher.engine must be auto|loop|hooks, got {engine!r}")
+    steps = _persample.plan(model, names) if engine != "loop" and names else None
+    if engine == "auto":
+        engine = "hooks" if steps is not None else "loop"
 
     was_training = model.training
     saved_flags = {n: p.requires_grad for n, p in named.items()}
@@ -129,20 +170,27 @@ def compute_fisher(
     bar = tqdm(desc=f"fisher ({engine})", unit="sample", disable=not progress, leave=False)
     try:
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
             if engine == "loop":
+                batch = {k: v.to(device) for k, v in batch.items()}
                 for sample in _split_samples(batch):
-                    grads = _sample_grads(model, sample, names, named, kind, generator)
+                    with _precision_context(precision, device):
+                        grads = _sample_grads(model, sample, names, named, kind, generator)
                     phis.append(_accumulate(diag, [grads], phi_mask, grad))
                     count += 1
                     bar.update(1)
-            else:
-                for sums, phi in _persample.batch_stats(model, batch, names, kind, generator, phi_mask, grad):
-                    for n, t in sums.items():
-                        diag[n] += t
-                    phis.append(phi.cpu().to(torch.float64))
-                    count += len(phi)
-                    bar.update(len(phi))
+            else:  # the batch may stay on the host: its chunks move to the device (phi stays there)
+                first = len(phis)
+                order = []
+                with _tf32() if precision == "tf32" else nullcontext():  # bf16: batch_stats autocasts
+                    for _, phi, rows in _persample.batch_stats(model, batch, names, kind, generator, phi_mask,
+                                                               grad, sums=diag, steps=steps, bf16=precision == "bf16"):
+                        phis.append(phi)
+                        order.append(rows)
+                        count += len(phi)
+                        bar.update(len(phi))
+                if phi_mask is not None:  # chunks follow length order: back to the batch's input order
+                    back = torch.argsort(torch.cat([r.cpu() for r in order]))
+                    phis[first:] = [torch.cat(phis[first:])[back.to(phis[first].device)]]
     finally:
         bar.close()
         model.zero_grad(set_to_none=True)
@@ -153,8 +201,8 @@ def compute_fisher(
         raise ValueError("batches: no samples to compute the Fisher over (empty loader?)")
     for t in diag.values():
         t /= count
-    phi = torch.cat(phis).cpu() if phi_mask is not None else None
-    return FisherResult(diag=diag, phi=phi, num_samples=count, engine=engine)
+    phi = torch.cat([p.cpu().to(torch.float64) for p in phis]) if phi_mask is not None else None
+    return FisherResult(diag=diag, phi=phi, num_samples=count, engine=engine, precision=precision)
 
 
 def _sample_grads(model, sample, names, named, kind, generator) -> dict[str, torch.Tensor]:

@@ -128,15 +128,25 @@ def _cell_row(c: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def write_unless_ok(path: str | Path, data: dict[str, Any]) -> bool:
+    """Write a result that is not ``ok`` (failed, skipped) unless ``path`` already holds an ``ok`` one: an
+    error never replaces finished work. True when written."""
+    if is_complete(path):
+        return False
+    write_json(path, data)
+    return True
+
+
 def write_status(path: str | Path, status: str, reason: str, cfg: Any) -> None:
-    """Record a run that ended before training (``failed``/``skipped``) with the reason; never ``ok``."""
+    """Record a run that ended before training (``failed``/``skipped``) with the reason; never ``ok``, and
+    never over an ``ok`` result."""
     assert status in ("failed", "skipped"), "write_status is for runs that did not finish"
 
     def name(group: str) -> Any:
         node = cfg.get(group) if hasattr(cfg, "get") else None
         return node.get("name") if node is not None and hasattr(node, "get") else None
 
-    write_json(path, {"schema": SCHEMA, "status": status, "reason": reason, "task": name("task"),
+    write_unless_ok(path, {"schema": SCHEMA, "status": status, "reason": reason, "task": name("task"),
                       "model": name("model"), "method": name("method"), "sparsity": name("sparsity"),
                       "seed": cfg.get("seed") if hasattr(cfg, "get") else None})
 

@@ -56,6 +56,7 @@ class Selector:
     batch_size: int = 16
     dropout: bool = False
     progress: bool = True
+    precision: str = "fp32"  # fisher.precision: fp32 | tf32 | bf16 (compute_fisher)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class Selector:
             return self._cache[key]
         res = compute_fisher(self.model, self.batches(list(indices)), params=self.candidate_names,
                              phi_mask=phi_mask, kind=self.fisher_kind, grad=self.fisher_grad, engine=self.engine,
-                             dropout=self.dropout, progress=self.progress)
+                             dropout=self.dropout, progress=self.progress, precision=self.precision)
         if phi_mask is None:
             self._cache = {key: res}  # one entry: the ladder asks for the same set twice in a row
         return res

@@ -116,7 +116,7 @@ class _FishTuning(Method):
             losses = _warm_up(scored, sel, indices, cfg.warmup_steps, cfg.warmup_lr, ctx.seed)
             fisher = compute_fisher(scored, sel.batches(indices), params=adapter, kind=sel.fisher_kind,
                                     grad=sel.fisher_grad, engine=sel.engine, dropout=sel.dropout,
-                                    progress=sel.progress)
+                                    progress=sel.progress, precision=sel.precision)
             mask = select_top_k(fisher.diag, budget, scope=sel.mask_scope)
             zero = sum(int((fisher.diag[n].reshape(-1)[i.to(fisher.diag[n].device)] == 0).sum())
                        for n, i in mask.indices.items())

@@ -1,18 +1,44 @@
-"""Hydra callback: build the report into the sweep folder when a multirun ends.
+"""Hydra callback: build the report into the sweep folder when a multirun ends, and count failed jobs.
 
 Enabled in conf/config.yaml (``hydra.callbacks.report``). Any error while reporting is logged and swallowed:
 a finished sweep never fails because of its figures. Disable it with ``~hydra.callbacks.report``.
+
+Every job of a sweep (in this process or, with the submitit launchers, in another) leaves its exit code in
+``<sweep dir>/.jobs/<job number>.json`` (`record_job`); at the end of the multirun `SWEEP` holds how many
+jobs ran and which failed, so `run.py` can exit non-zero with one summary line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
+JOBS = ".jobs"
+SWEEP: dict[str, Any] = {}  # after a multirun: {"total": n, "failed": [(job dir, message), ...]}
+
+
+def record_job(sweep_dir: str | Path, num: int, code: int, out_dir: str | Path, message: str = "") -> None:
+    """Leave one job's exit code where the multirun's end will read it."""
+    path = Path(sweep_dir) / JOBS / f"{num}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"code": code, "dir": str(out_dir), "message": message}))
+
+
+def read_jobs(sweep_dir: str | Path) -> dict[str, Any]:
+    """{"total": jobs that reported, "failed": [(dir, message)] of those with a non-zero code}."""
+    jobs = []
+    for f in sorted((Path(sweep_dir) / JOBS).glob("*.json")):
+        try:
+            jobs.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            jobs.append({"code": 1, "dir": str(f), "message": "unreadable job record"})
+    return {"total": len(jobs), "failed": [(j["dir"], j.get("message", "")) for j in jobs if j.get("code")]}
 
 
 class ReportCallback(Callback):
@@ -21,7 +47,13 @@ class ReportCallback(Callback):
     def __init__(self, enabled: bool = True, out: str | None = None, pdf: bool = True) -> None:
         self.enabled, self.out, self.pdf = enabled, out, pdf
 
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        SWEEP.clear()
+        shutil.rmtree(Path(_sweep_dir(config)) / JOBS, ignore_errors=True)  # an earlier sweep's records
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        SWEEP.clear()
+        SWEEP.update(read_jobs(_sweep_dir(config)))
         if not self.enabled:
             return
         try:
