@@ -33,6 +33,9 @@ smoke: install ## a one-minute offline run (tiny random BERT) through run.py
 test: install ## the test suite (CPU; what CI runs)
 	$(PY) -m pytest -q -m "not gpu and not network and not slurm"
 
+lint: install ## ruff check (what CI runs after the tests)
+	$(VENV)/bin/ruff check .
+
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow and not gpu and not network and not slurm"
 
@@ -46,4 +49,4 @@ figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache
 
-.PHONY: help install demo smoke test test-fast test-slurm figures clean
+.PHONY: help install demo smoke test lint test-fast test-slurm figures clean

@@ -94,7 +94,7 @@ def run(args, kind: str, data, ratio: float) -> tuple[int, float, float, int]:
         t, _ = common.timed(lambda b=batch: train_step(model, b, opt, device, bf16=cuda), args.device)
         times.append(t)
     peak = torch.cuda.max_memory_allocated() if cuda else 0
-    del model, opt
+    model = opt = None  # free before the next kind is built
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

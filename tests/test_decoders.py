@@ -14,7 +14,8 @@ from conftest import ROOT
 from tiny import collate, tiny_examples, tiny_model
 
 from fishtune.config import LadderConfig, SparsityConfig
-from fishtune.masked import apply_mask
+from fishtune.masked import apply_mask, sync_weights
+from fishtune.masks import num_selected
 from fishtune.methods import Context, create
 from fishtune.models import head_names
 from fishtune.results import read_result
@@ -62,9 +63,18 @@ def test_every_method_trains_a_few_steps(arch, method):
         m(**collate(ex[step * 4 : step * 4 + 4])).loss.backward()
         opt.step()
         opt.zero_grad()
-    changed = [n for n, p in m.named_parameters() if p.requires_grad]
-    assert changed, f"{method} trains nothing on {arch}"
-    assert before  # the loop above ran on the decoder without error
+    if method == "lora":  # B starts at zero: it moved, and the pretrained weights did not
+        lora_b = [p for n, p in m.named_parameters() if "lora_B" in n]
+        assert lora_b and all(bool(p.abs().sum() > 0) for p in lora_b), f"lora trains nothing on {arch}"
+        return
+    sync_weights(model)
+    now = model.state_dict()
+    changed = [n for n in before if n not in head and not torch.equal(now[n], before[n])]
+    assert changed, f"{method} changed no pretrained weight on {arch}"
+    if plan.mask is not None:  # only the masked entries moved
+        for n in changed:
+            moved = (now[n] != before[n]).reshape(-1).nonzero().squeeze(1)
+            assert torch.isin(moved, plan.mask.indices[n]).all(), f"{n}: an entry outside the mask moved"
 
 
 def test_fisher_scope_restricts_mask_exact_count():
@@ -92,5 +102,5 @@ def test_tiny_llama_and_smollm2_through_run_py(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         r = read_result(tmp_path / model / "result.json")
         assert r["status"] == "ok" and r["prompt"].startswith("Premise:")
-        assert r["trainable_params"] == r["info"].get("k", r["trainable_params"])
+        assert r["trainable_params"] == num_selected(0.5, r["total_params"])  # FISH's k, counted exactly
     assert read_result(tmp_path / "smollm2" / "result.json")["total_params"] > 100_000_000

@@ -116,5 +116,6 @@ def test_a_masked_tensor_without_gradient_does_not_move():
     for name in mask.indices:
         if not name.startswith("bert.embeddings"):
             assert torch.equal(params[name], pretrained[name]), f"{name} moved without a gradient"
-    moved = [n for n in mask.indices if n.startswith("bert.embeddings.word") and not torch.equal(params[n], pretrained[n])]
+    moved = [n for n in mask.indices
+             if n.startswith("bert.embeddings.word") and not torch.equal(params[n], pretrained[n])]
     assert moved, "the embeddings did train"

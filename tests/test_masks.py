@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
+from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.masks import Mask, num_selected, select_top_k
 from fishtune.methods import Context, create
-from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.models import head_names
 from fishtune.selection import Selector
 

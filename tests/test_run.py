@@ -94,7 +94,7 @@ def test_killed_ladder_job_finishes_the_rest(tmp_path):
     assert 2 <= done < 7, "kill the job part-way"
     again = run(args, tmp_path, check=True)
     assert again.stdout.count(": training") == 7 - done
-    full = run([*args[:-1], "hydra.run.dir=uninterrupted"], tmp_path, check=True)
+    run([*args[:-1], "hydra.run.dir=uninterrupted"], tmp_path, check=True)
     a = read_result(tmp_path / "job" / "result.json")
     b = read_result(tmp_path / "uninterrupted" / "result.json")
     assert [c["score"] for c in a["cells"]] == [c["score"] for c in b["cells"]]
@@ -120,11 +120,17 @@ BAD = [
     (["sparsity.ratio=100.5"], "sparsity.ratio must be in (0, 100]"),
     (["train.max_steps=0"], "train.max_steps must be >= 1"),
     (["fisher.num_samples=500"], "fisher.num_samples=500 is larger than the training set (48 examples of rte)"),
-    (["method=ird", "sparsity=ladder", "ladder.samples=[128,32,16,1]"], "asks for 128 samples, the training set has 48"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[128,32,16,1]"],
+     "asks for 128 samples, the training set has 48"),
     (["method=ird", "sparsity=ladder", "ladder.samples=[1,16,32,128]"], "ladder.samples must be strictly decreasing"),
     (["model=bert-base"], "model bert-base: weights for 'google-bert/bert-base-uncased' not found locally"),
     (["device=cuda"], "device=cuda: CUDA is not available"),
     (["method=ird"], "method=ird walks a ladder: use sparsity=ladder"),
+    (["train.patience=-1"], "train.patience must be >= 1"),
+    (["train.warmup_ratio=2"], "train.warmup_ratio must be in [0, 1)"),
+    (["train.eval_every=0"], "train.eval_every must be >= 1"),
+    (["train.eval_batch_size=0"], "train.eval_batch_size must be >= 1"),
+    (["train.weight_decay=-5"], "train.weight_decay must be >= 0"),
 ]
 
 

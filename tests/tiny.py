@@ -10,8 +10,14 @@ VOCAB = 97
 
 def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, **overrides):
     """A 2-layer ``*ForSequenceClassification`` of ``arch`` (bert, gpt2, llama, roberta, distilbert)."""
-    from transformers import (AutoModelForSequenceClassification, BertConfig, DistilBertConfig, GPT2Config,
-                              LlamaConfig, RobertaConfig)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        DistilBertConfig,
+        GPT2Config,
+        LlamaConfig,
+        RobertaConfig,
+    )
 
     common = dict(vocab_size=VOCAB, num_labels=num_labels, pad_token_id=0)
     if arch == "bert":

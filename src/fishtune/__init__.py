@@ -47,8 +47,18 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
     from .ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
-    from .masked import (MaskedAdamW, apply_delta, apply_mask, load_delta, masked_tensors, merge,  # noqa: F401
-                         save_delta, sparse_delta, sync_weights, trainable_count)
+    from .masked import (  # noqa: F401
+        MaskedAdamW,
+        apply_delta,
+        apply_mask,
+        load_delta,
+        masked_tensors,
+        merge,
+        save_delta,
+        sparse_delta,
+        sync_weights,
+        trainable_count,
+    )
     from .masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
     from .models import head_names  # noqa: F401
     from .selection import Selector, draw_samples, fish_mask  # noqa: F401

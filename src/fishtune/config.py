@@ -155,8 +155,15 @@ class TrainConfig:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.scheduler in ("linear", "constant"), f"train.scheduler must be linear|constant, got {self.scheduler!r}")
+        _check(self.scheduler in ("linear", "constant"),
+               f"train.scheduler must be linear|constant, got {self.scheduler!r}")
         _check(self.lr is None or self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
+        _check(self.eval_every is None or self.eval_every >= 1,
+               f"train.eval_every must be >= 1 (or null), got {self.eval_every}")
 
 
 @dataclass

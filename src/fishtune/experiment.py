@@ -14,7 +14,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,3 @@ def _summarise(base: dict, cells: list[dict], plans: list[Plan], timings: dict, 
             result.update(best_cell=best["cell"], score=best["score"], metrics=best["metrics"])
     return result
 
-
-def plain(rc: RunConfig) -> dict:
-    """The validated config as plain data."""
-    return asdict(rc)

@@ -35,7 +35,7 @@ from unittest import mock
 
 from hydra.errors import CompactHydraException
 
-__all__ = ["SlurmLauncherMixin", "SubmissionError", "JobStopped", "between_cells", "stop_requested"]
+__all__ = ["SlurmLauncherMixin", "SubmissionError", "JobStopped", "between_cells"]
 
 _stop = threading.Event()
 
@@ -50,11 +50,6 @@ class JobStopped(BaseException):
     A BaseException on purpose: Hydra's ``run_job`` records an ``Exception`` as a failed result and
     submitit would report it to the sweep as the job's outcome, while the job is only being requeued.
     """
-
-
-def stop_requested() -> bool:
-    """True once this process received SIGTERM from Slurm (through :class:`SlurmLauncherMixin`)."""
-    return _stop.is_set()
 
 
 def between_cells(cell: str) -> None:

@@ -67,12 +67,6 @@ class Mask:
                 return False
         return True
 
-    def overlap(self, other: Mask) -> int:
-        """Number of entries selected in both masks."""
-        return sum(
-            int(torch.isin(idx, other.indices[n]).sum()) for n, idx in self.indices.items() if n in other.indices
-        )
-
     def check_model(self, model: nn.Module) -> None:
         """Raise ValueError when this mask does not fit ``model`` (a name or a shape differs)."""
         params = dict(model.named_parameters())
@@ -110,7 +104,8 @@ class Mask:
         except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
             raise ValueError(f"mask file {path} is not a readable safetensors file: {e}") from None
         shapes = {
-            k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x) for k, v in meta.items() if k.startswith("shape:")
+            k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x)
+            for k, v in meta.items() if k.startswith("shape:")
         }
         mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes})
         if set(mask.shapes) != set(indices) or ("sha256" in meta and meta["sha256"] != mask.sha256()):

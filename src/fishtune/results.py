@@ -160,9 +160,9 @@ def format_result(result: dict[str, Any]) -> str:
     if not cells:
         if result.get("score") is None:
             return head
+        speed = result.get("timings", {}).get("samples_per_second", 0)
         return (f"{head}\ndev score {result['score']:.4f}  trainable {result.get('trainable_params')} "
-                f"({result.get('trainable_ratio', 0):.4f}%)  {result.get('timings', {}).get('samples_per_second', 0):.1f} "
-                "train samples/s")
+                f"({result.get('trainable_ratio', 0):.4f}%)  {speed:.1f} train samples/s")
     lines = [head, f"{'cell':<14}{'samples':>8}{'ratio %':>9}{'score':>9}"]
     for c in cells:
         score = f"{c['score']:.4f}" if c.get("score") is not None else c.get("status", "-")

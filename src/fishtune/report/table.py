@@ -35,7 +35,7 @@ def _ratio_key(method: str, r: float, sparsity) -> object:
 def _entries(df: pd.DataFrame) -> pd.DataFrame:
     """One entry per run and ratio: status, score, seed (ladder/grid runs: the best ok cell at each ratio)."""
     rows = []
-    for run, g in df.groupby("run", sort=False):
+    for _, g in df.groupby("run", sort=False):
         first = g.iloc[0]
         base = {"model": first["model"], "method": first["method"], "task": first["task"], "seed": first["seed"],
                 "kind": first["kind"]}

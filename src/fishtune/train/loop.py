@@ -135,8 +135,7 @@ def _first_nonfinite(losses: list[tuple[int, torch.Tensor]]) -> tuple[int, float
 
 
 def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
-        device: torch.device, seed: int, hook: Callable | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        device: torch.device, seed: int, hook: Callable | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters; evaluate every epoch (and every ``eval_every`` steps).
 
     Raises NonFiniteLoss (with the step) on a NaN/inf loss. Returns the best evaluation's metrics; the
@@ -185,13 +184,11 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         else:
             stale += 1
         bar.set_postfix(score=f"{score:.4f}")
-        if on_epoch:
-            on_epoch(entry)
         t0 = time.perf_counter()
 
     for epoch in range(1, epochs + 1):
         model.train()
-        for batch in loader:
+        for i, batch in enumerate(loader):
             seen += batch["labels"].shape[0]
             loss = train_step(model, _to(batch, device), opt, device, cfg.bf16, hook, step, sched)
             losses.append((step + 1, loss))
@@ -199,8 +196,8 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
             if step % CHECK_EVERY == 0:
                 check()
             bar.update(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                run_eval(epoch)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and i + 1 < steps_per_epoch:
+                run_eval(epoch)  # (the epoch's last step is evaluated below, once)
             if step >= total:
                 break
         run_eval(epoch)

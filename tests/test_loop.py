@@ -1,0 +1,115 @@
+"""`fit` on its own: early stopping with patience and threshold, the best evaluation's weights restored,
+`eval_every`, linear warm-up, length-grouped batches, and a NaN loss failing with its step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from tiny import collate, tiny_examples, tiny_model
+
+import fishtune.train.loop as loop
+from fishtune.config import TaskConfig, TrainConfig
+
+TASK = TaskConfig(name="t", glue_dir="T", lr=1e-2)
+CPU = torch.device("cpu")
+
+
+def _data(n=16, **kw):
+    return Dataset.from_list(tiny_examples(n, **kw)), {"validation": Dataset.from_list(tiny_examples(8, seed=9))}
+
+
+def _scripted(monkeypatch, scores, model):
+    """`evaluate` returns ``scores`` in turn; each call also records the classifier's weight then."""
+    seen = []
+
+    def fake(m, evals, collate, task, device, batch_size=64, bf16=True):
+        seen.append(model.classifier.weight.detach().clone())
+        score = scores[len(seen) - 1]
+        return score, {"accuracy": score}
+
+    monkeypatch.setattr(loop, "evaluate", fake)
+    return seen
+
+
+def test_early_stopping_after_patience_and_best_epoch_restored(monkeypatch):
+    model = tiny_model("bert")
+    seen = _scripted(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.9, 0.95], model)
+    train, evals = _data()
+    cfg = TrainConfig(epochs=6, batch_size=4, patience=2, threshold=0.3, progress=False, scheduler="constant")
+    r = loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert r.stopped_early and r.epochs_run == 4 and r.best_epoch == 2 and r.score == 0.7
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
+    assert torch.equal(model.classifier.weight, seen[1]), "the weights of the best evaluation are restored"
+    assert not torch.equal(seen[1], seen[3])
+
+
+def test_no_early_stop_below_the_threshold(monkeypatch):
+    model = tiny_model("bert")
+    _scripted(monkeypatch, [0.2, 0.1, 0.1, 0.1], model)
+    train, evals = _data()
+    cfg = TrainConfig(epochs=4, batch_size=4, patience=1, threshold=0.3, progress=False)
+    r = loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert not r.stopped_early and r.epochs_run == 4 and r.best_epoch == 1
+
+
+def test_eval_every_evaluates_at_those_steps_once(monkeypatch):
+    model = tiny_model("bert")
+    _scripted(monkeypatch, [0.1 * i for i in range(1, 20)], model)
+    train, evals = _data(16)
+    cfg = TrainConfig(epochs=2, batch_size=4, eval_every=3, progress=False)  # 4 steps an epoch, 8 in all
+    r = loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert [(h["epoch"], h["step"]) for h in r.history] == [(1, 3), (1, 4), (2, 6), (2, 8)]
+    cfg = TrainConfig(epochs=2, batch_size=4, eval_every=2, progress=False)
+    _scripted(monkeypatch, [0.1 * i for i in range(1, 20)], model)
+    r = loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert [h["step"] for h in r.history] == [2, 4, 6, 8], "the epoch's end is evaluated once"
+
+
+def test_linear_warmup_then_decay(monkeypatch):
+    lrs = []
+
+    class Recording(loop.MaskedAdamW):
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(loop, "MaskedAdamW", Recording)
+    model = tiny_model("bert")
+    _scripted(monkeypatch, [0.5] * 4, model)
+    train, evals = _data(32)
+    cfg = TrainConfig(epochs=1, batch_size=4, warmup_ratio=0.25, progress=False)  # 8 steps, 2 of warm-up
+    loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert lrs == pytest.approx([0.0, 0.005, 0.01, 0.01 * 5 / 6, 0.01 * 4 / 6, 0.01 * 3 / 6, 0.01 * 2 / 6,
+                                 0.01 / 6])
+
+
+def test_group_by_length_pads_less_and_sees_every_example(monkeypatch):
+    model = tiny_model("bert")
+    train, evals = _data(64, min_len=2, max_len=40)
+    widths = {}
+    for group in (False, True):
+        seen = []
+
+        def counting(rows, seen=seen):
+            batch = collate(rows)
+            seen.append((batch["input_ids"].numel(), int(batch["attention_mask"].sum()), len(rows)))
+            return batch
+
+        _scripted(monkeypatch, [0.5] * 4, model)
+        cfg = TrainConfig(epochs=1, batch_size=8, group_by_length=group, progress=False)
+        loop.fit(model, train, evals, counting, TASK, cfg, CPU, seed=0)
+        assert sum(n for _, _, n in seen) == 64 and sum(t for _, t, _ in seen) == sum(
+            len(x) for x in train["input_ids"]), "every example once"
+        widths[group] = sum(p for p, _, _ in seen)
+    assert widths[True] < 0.8 * widths[False]
+
+
+def test_non_finite_loss_fails_with_its_step():
+    model = tiny_model("bert")
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    train, evals = _data()
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False)
+    with pytest.raises(loop.NonFiniteLoss, match="at step 1"):
+        loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
