@@ -115,3 +115,20 @@ def test_git_commit_is_fishtunes_own(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "vendor" / "src")})
     assert out.stdout.strip() == "unknown", out.stderr[-2000:]
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_readme_library_block_runs_as_written(tmp_path):
+    """The README's library section, copied into a file, runs (from a folder that has the repo's data/)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## fishtune as a library"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[: block.index("```\n")]
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    (tmp_path / "example.py").write_text(block)
+    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trained 113566 of 22713216 values" in out.stdout and "r0.02-n1" in out.stdout
+    assert (tmp_path / "delta.safetensors").stat().st_size > 0

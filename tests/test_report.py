@@ -30,7 +30,7 @@ def run(root: Path, task: str, method: str, sparsity: str, seed: int = 42, score
     """Write one result.json; ``cells`` maps (ratio, samples) -> score (None: a failed cell)."""
     path = root / task / model / method / sparsity / f"seed{seed}" / "result.json"
     data = {"schema": SCHEMA, "task": task, "model": model, "method": method, "sparsity": sparsity, "seed": seed,
-            "status": status, "reason": reason}
+            "status": status, "reason": reason, "ratio_fixed": method in ("dense", "bitfit")}  # as the Method says
     if cells is not None:
         data["cells"] = [{"cell": f"r{r:g}-n{n}", "ratio": r, "samples": n, "score": s,
                           "metrics": {} if s is None else {"accuracy": s},

@@ -193,3 +193,24 @@ def test_sweep_with_failed_jobs_exits_non_zero(tmp_path):
     assert "2 of 2 jobs failed: error: train.lr" in out.stderr, out.stderr[-2000:]
     ok = run(["-m", *TINY, "task=glue/rte", "method=bitfit", "seed=1,2", "name=g"], tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_a_saved_mask_and_its_head_train_again(tmp_path):
+    """Each masks file carries the head the Fisher saw; `mask.load=` trains that mask (same mask, same head:
+    the same scores as the run that made it) and refuses a mask made for another model."""
+    from fishtune.masks import Mask
+
+    base = [*TINY, "task=glue/rte", "method=fish", "sparsity=0.5"]
+    run([*base, "hydra.run.dir=made"], tmp_path, check=True)
+    file = tmp_path / "made" / "masks" / "main.safetensors"
+    mask = Mask.load(file)
+    assert set(mask.head) == {"classifier.weight", "classifier.bias"}
+    made = read_result(tmp_path / "made" / "result.json")
+    run([*TINY, "task=glue/rte", "method=random", f"mask.load={file}", "hydra.run.dir=again"], tmp_path, check=True)
+    again = read_result(tmp_path / "again" / "result.json")
+    assert again["mask_sha256"] == made["mask_sha256"] and again["info"]["head_from_mask_file"]
+    assert again["metrics"] == made["metrics"] and again["trainable_params"] == made["trainable_params"]
+    other = run([*TINY, "task=glue/rte", "model=tiny-llama", f"mask.load={file}", "hydra.run.dir=x"], tmp_path)
+    assert other.returncode != 0 and "made for another model" in other.stderr and "Traceback" not in other.stderr
+    missing = run([*base, "mask.load=nope.safetensors", "hydra.run.dir=y"], tmp_path)
+    assert "error: mask.load: no such file 'nope.safetensors'" in missing.stderr

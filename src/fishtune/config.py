@@ -9,6 +9,7 @@ key, the value and what is allowed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "ModelConfig", "TaskConfig", "SparsityConfig", "LadderConfig", "TrainConfig",
@@ -125,8 +126,10 @@ class MaskConfig:
     scope: str = "global"  # global top-k | per_tensor (each tensor its share)
     k_rule: str = "exact"  # exact: floor(ratio·P) | fish_reference: varunnair18/FISH's count
     include_head: bool = False  # count the task head in P and let the mask choose within it
+    load: str | None = None  # a saved masks file: train this mask (and its head) instead of selecting one
 
     def __post_init__(self) -> None:
+        _check(self.load is None or Path(self.load).is_file(), f"mask.load: no such file {self.load!r}")
         _check(self.scope in ("global", "per_tensor"), f"mask.scope must be global|per_tensor, got {self.scope!r}")
         _check(self.k_rule in ("exact", "fish_reference"),
                f"mask.k_rule must be exact|fish_reference, got {self.k_rule!r}")

@@ -31,9 +31,6 @@ from .train.loop import NonFiniteLoss, fit, planned_steps
 
 __all__ = ["run_experiment", "config_hash", "resolve_device"]
 
-FISHER_METHODS = ("fish", "ird", "reverse_ird")
-
-
 # config keys that never change a result: which cells to train, whether to resume, the sweep's name,
 # progress bars (a run or cell written under other values of these is the same result)
 NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
@@ -114,9 +111,12 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
         log(f"cell {rc.cell}: already complete ({cell_path})")
         return read_result(cell_path)
     method = create(rc.method)  # validates the method's options before any heavy work
+    if not rc.mask.load:  # a loaded mask is trained as it is, whatever the sparsity
+        method.check_sparsity(rc.sparsity)
     device = resolve_device(rc.device)
     base = {"schema": SCHEMA, "task": rc.task.name, "model": rc.model.name, "method": method.name,
-            "sparsity": rc.sparsity.name, "ratio": rc.sparsity.ratio, "seed": rc.seed, "config": config,
+            "sparsity": rc.sparsity.name, "ratio": rc.sparsity.ratio, "ratio_fixed": method.ratio_fixed,
+            "seed": rc.seed, "config": config,
             "config_hash": chash, "versions": _versions(), "device": str(device)}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     except DataUnavailable as e:
         write_unless_ok(result_path, {**base, "status": "skipped", "reason": str(e)})
         raise
-    _check_sizes(rc, method.name, len(raw.train))
+    _check_sizes(rc, method, len(raw.train))
     torch.manual_seed(rc.seed)  # the task head's initialisation
     try:
         loaded = load_model(rc.model, rc.task.num_labels, device)
@@ -151,12 +151,14 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     t1 = time.perf_counter()
     ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
                   train_steps=planned_steps(len(data.train), rc.train))
-    plans = method.plans(ctx)
+    plans = _loaded_plan(rc.mask.load, model, selector.num_params) if rc.mask.load else method.plans(ctx)
     timings["selection_seconds"] = time.perf_counter() - t1
     if rc.cell is not None and rc.cell not in [p.cell for p in plans]:
         raise ConfigError(f"cell={rc.cell}: not a cell of this job ({', '.join(p.cell for p in plans)})")
+    head_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in head}
     for plan in plans:
         if plan.mask is not None:
+            plan.mask.head = plan.mask.head or head_state  # the head the mask was selected with
             plan.info["mask_sha256"] = plan.mask.sha256()
             plan.mask.save(out / "masks" / f"{plan.cell}.safetensors", {"cell": plan.cell})
     base.update(total_params=selector.num_params, head_params=selector.num_head, fisher_engine=rc.fisher.engine)
@@ -174,7 +176,8 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
             before_cell(plan.cell)
         merge(model).load_state_dict(initial)  # drop the last cell's parametrizations, then reset
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out)
+        cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out,
+                           method.reports_trained_count)
         cell = {**base, **cell}
         (write_json if cell["status"] == "ok" else write_unless_ok)(cell_path, cell)
         cells.append(cell)
@@ -187,8 +190,23 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     return result
 
 
-def _check_sizes(rc: RunConfig, method: str, num_train: int) -> None:
-    if method not in FISHER_METHODS:
+def _loaded_plan(path: str, model, num_params: int) -> list[Plan]:
+    """`mask.load`: the saved mask as the one plan, its head loaded into the model (ValueError when the
+    file is not a mask or does not fit the model)."""
+    from .masks import Mask
+
+    mask = Mask.load(path)
+    mask.check_model(model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in mask.head.items():
+            params[n].copy_(t)
+    return [Plan(cell="main", mask=mask, ratio=100.0 * mask.count / num_params,
+                 info={"mask_file": str(path), "head_from_mask_file": bool(mask.head)})]
+
+
+def _check_sizes(rc: RunConfig, method, num_train: int) -> None:
+    if not method.draws_fisher_samples or rc.mask.load:
         return
     if rc.sparsity.mode == "single" and rc.fisher.num_samples > num_train:
         raise ConfigError(f"fisher.num_samples={rc.fisher.num_samples} is larger than the training set "
@@ -209,7 +227,8 @@ def _describe(plan: Plan) -> str:
     return ", ".join(bits) or "all parameters"
 
 
-def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, out: Path) -> dict:
+def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, out: Path,
+                own_count: bool = False) -> dict:
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
     if plan.mask is not None:
         apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head)
@@ -231,7 +250,7 @@ def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, 
             torch.cuda.empty_cache()
         return {**cell, "status": "failed", "reason": f"out of memory on {device} with train.batch_size="
                 f"{rc.train.batch_size} (try a smaller train.batch_size or task.max_length)"}
-    if getattr(plan.hook, "trained_count", None) is not None:  # a hook that grows its own set (ID³)
+    if own_count:  # a hook that grows its own trainable set (ID³) says how many it trained
         cell.update(trainable_params=plan.hook.trained_count,
                     trainable_ratio=100.0 * plan.hook.trained_count / num_params)
     if rc.save_delta and plan.mask is not None:

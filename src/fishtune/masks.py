@@ -24,6 +24,8 @@ from torch import nn
 
 __all__ = ["Mask", "num_selected", "select_top_k", "mask_from_names"]
 
+HEAD = "head::"  # key prefix of the task head's tensors in a masks file
+
 
 @dataclass
 class Mask:
@@ -33,6 +35,7 @@ class Mask:
     indices: dict[str, torch.Tensor]
     shapes: dict[str, tuple[int, ...]]
     info: dict = field(default_factory=dict)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # the task head the Fisher saw (saved along)
 
     @property
     def count(self) -> int:
@@ -68,8 +71,12 @@ class Mask:
         return True
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise ValueError when this mask does not fit ``model`` (a name or a shape differs)."""
+        """Raise ValueError when this mask (or its saved head) does not fit ``model`` (a name or shape differs)."""
         params = dict(model.named_parameters())
+        for name, t in self.head.items():
+            if name not in params or tuple(params[name].shape) != tuple(t.shape):
+                raise ValueError(f"mask: its head {name!r} does not fit the model (a mask made for another model "
+                                 "or another number of labels?)")
         for name, shape in self.shapes.items():
             if name not in params:
                 raise ValueError(f"mask: parameter {name!r} is not in the model (a mask made for another model?)")
@@ -80,7 +87,8 @@ class Mask:
                 )
 
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-        """Write to ``path`` (safetensors), atomically; shapes and the sha256 go into the metadata."""
+        """Write to ``path`` (safetensors), atomically; shapes and the sha256 go into the metadata, the
+        task head (``self.head``, the weights the Fisher was computed with) in as ``head::<name>``."""
         from safetensors.torch import save_file
 
         from .results import atomic_path
@@ -89,6 +97,7 @@ class Mask:
         meta["sha256"] = self.sha256()
         meta.update(metadata or {})
         tensors = {n: i.to(torch.int64).contiguous() for n, i in self.indices.items()}
+        tensors.update({f"{HEAD}{n}": t.detach().cpu().contiguous() for n, t in self.head.items()})
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -100,14 +109,16 @@ class Mask:
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-                indices = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
             raise ValueError(f"mask file {path} is not a readable safetensors file: {e}") from None
         shapes = {
             k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x)
             for k, v in meta.items() if k.startswith("shape:")
         }
-        mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes})
+        indices = {k: v for k, v in tensors.items() if not k.startswith(HEAD)}
+        head = {k[len(HEAD):]: v for k, v in tensors.items() if k.startswith(HEAD)}
+        mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes}, head=head)
         if set(mask.shapes) != set(indices) or ("sha256" in meta and meta["sha256"] != mask.sha256()):
             raise ValueError(f"mask file {path} is corrupted (its sha256 or shapes do not match its contents)")
         for n, idx in indices.items():

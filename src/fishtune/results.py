@@ -103,6 +103,7 @@ def load_results(root: str | Path, cells: bool = True):
             "status": data["status"],
             "reason": data.get("reason"),
             "path": str(path.parent),
+            "ratio_fixed": data.get("ratio_fixed", False),  # the method's own trainable share (dense, BitFit)
         }
         run_cells = data.get("cells") or []
         if cells and run_cells:

@@ -109,6 +109,8 @@ class Selector:
         """The ratio's k entries of largest (or smallest) Fisher, inside ``candidates`` when given."""
         mask = select_top_k(fisher.diag, self.k(ratio), largest=largest, candidates=candidates,
                             scope=self.mask_scope)
+        params = dict(self.model.named_parameters())
+        mask.head = {n: params[n].detach().cpu().clone() for n in self.head if n in params}
         mask.info["zero_fisher"] = sum(int((fisher.diag[n].reshape(-1)[i.to(fisher.diag[n].device)] == 0).sum())
                                        for n, i in mask.indices.items())
         return mask

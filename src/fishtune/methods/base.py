@@ -55,20 +55,38 @@ class Context:
         return self.selector.model
 
     def ratios(self) -> list[float]:
+        """The ratio of a single-sparsity job (methods that walk no cells)."""
         if self.sparsity.mode != "single":
-            raise ConfigError(f"sparsity={self.sparsity.name} (a {self.sparsity.mode}) needs a method that "
-                              "walks cells: ird, reverse_ird or fish")
+            raise ConfigError(_mode_error(None, self.sparsity))
         return [float(self.sparsity.ratio)]
 
 
 class Method:
-    """Base class: subclasses set `name`, `Config` (a dataclass) and implement `plans`."""
+    """Base class: subclasses set `name`, `Config` (a dataclass) and implement `plans`.
+
+    Capabilities, read by the runner and recorded in each result (no list of method names elsewhere):
+    ``sparsity_modes`` the sparsity kinds it accepts (``single`` ratio, ``ladder``, ``grid``);
+    ``draws_fisher_samples`` it scores a sample set drawn from the training data (its size is checked
+    against the training set before any work); ``ratio_fixed`` its trainable share does not follow
+    ``sparsity`` (dense, BitFit: one Table 2 row at the measured ratio); ``reports_trained_count`` its step
+    hook grows its own trainable set and says how many it trained (``hook.trained_count``).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    sparsity_modes: ClassVar[tuple[str, ...]] = ("single",)
+    draws_fisher_samples: ClassVar[bool] = False
+    ratio_fixed: ClassVar[bool] = False
+    reports_trained_count: ClassVar[bool] = False
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+
+    @classmethod
+    def check_sparsity(cls, sparsity: SparsityConfig) -> None:
+        """ConfigError in one line when this method cannot run ``sparsity`` (checked before any work)."""
+        if sparsity.mode not in cls.sparsity_modes:
+            raise ConfigError(_mode_error(cls, sparsity))
 
     def plans(self, ctx: Context) -> list[Plan]:
         raise NotImplementedError
@@ -113,6 +131,14 @@ def create(options: dict[str, Any]) -> Method:
     except TypeError as e:
         raise ConfigError(f"method: {e}") from None
     return cls(cfg)
+
+
+def _mode_error(cls: type[Method] | None, sparsity: SparsityConfig) -> str:
+    if cls is not None and sparsity.mode == "single":
+        walks = " or ".join(f"sparsity={m}" for m in cls.sparsity_modes)
+        return f"method={cls.name} walks a ladder: use {walks} (got sparsity={sparsity.name})"
+    able = ", ".join(n for n in names() if sparsity.mode in _REGISTRY[n].sparsity_modes)
+    return f"sparsity={sparsity.name} (a {sparsity.mode}) needs a method that walks cells: {able}"
 
 
 def random_scores(model: nn.Module, names: list[str], seed: int) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from .base import Context, Method, Plan, register
 
 @register("bitfit")
 class BitFit(Method):
+    ratio_fixed = True
     @dataclass
     class Config:
         pattern: str = "bias"  # a parameter is a bias when its last name component ends with this

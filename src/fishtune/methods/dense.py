@@ -9,6 +9,7 @@ from .base import Context, Method, Plan, register
 
 @register("dense")
 class Dense(Method):
+    ratio_fixed = True
     @dataclass
     class Config:
         pass

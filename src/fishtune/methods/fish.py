@@ -14,6 +14,8 @@ from .base import Context, Method, Plan, register
 
 @register("fish")
 class Fish(Method):
+    sparsity_modes = ("single", "ladder", "grid")
+    draws_fisher_samples = True
     @dataclass
     class Config:
         pass

@@ -128,6 +128,7 @@ class Unmasking:
 
 @register("id3")
 class ID3(Method):
+    reports_trained_count = True
     @dataclass
     class Config:
         schedule: str = "linear"  # linear | geometric growth of the unmasked set

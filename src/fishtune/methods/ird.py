@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
 from ..ird import ird_walk
 from .base import Context, Method, Plan, register
 
 
 class _Walk(Method):
     reverse = False
+    sparsity_modes = ("ladder",)
+    draws_fisher_samples = True
 
     @dataclass
     class Config:
         nested: bool = True  # each cell's mask inside the last larger-ratio cell's (ALGORITHMS.md)
 
     def plans(self, ctx: Context) -> list[Plan]:
-        if ctx.sparsity.mode != "ladder":
-            raise ConfigError(f"method={self.name} walks a ladder: use sparsity=ladder "
-                              f"(got sparsity={ctx.sparsity.name})")
+        self.check_sparsity(ctx.sparsity)
         cells = ird_walk(ctx.selector, ctx.ladder.samples, ctx.ladder.ratios, ctx.seed,
                          nested=self.cfg.nested, reverse=self.reverse)
         return [Plan(cell=c.name, mask=c.mask, ratio=c.ratio, samples=c.samples,

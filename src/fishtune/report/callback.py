@@ -49,11 +49,17 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         SWEEP.clear()
-        shutil.rmtree(Path(_sweep_dir(config)) / JOBS, ignore_errors=True)  # an earlier sweep's records
+        try:
+            shutil.rmtree(Path(_sweep_dir(config)) / JOBS, ignore_errors=True)  # an earlier sweep's records
+        except Exception as e:  # noqa: BLE001 - bookkeeping must never crash the sweep
+            log.warning("fishtune: cannot clear the job records: %s", e)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         SWEEP.clear()
-        SWEEP.update(read_jobs(_sweep_dir(config)))
+        try:
+            SWEEP.update(read_jobs(_sweep_dir(config)))
+        except Exception as e:  # noqa: BLE001
+            log.warning("fishtune: cannot read the job records: %s", e)
         if not self.enabled:
             return
         try:

@@ -34,14 +34,12 @@ METHOD_NAMES = {"dense": "Dense Fine-tuning", "bitfit": "BitFit", "random": "Ran
                 "diff_pruning": "Diff Pruning", "lora": "LoRA", "fish": "FISH Mask", "ird": "IRD",
                 "reverse_ird": "Reverse IRD", "fish_lora": "FISH+LoRA", "fish_adapter": "FISH+Adapter",
                 "gmt": "GMT", "id3": "ID3"}
-# Methods whose trainable share does not follow `sparsity`: one Table 2 row each, at their measured ratio.
-INTRINSIC = frozenset({"dense", "bitfit"})
 # The (left, right) pairs the ladder heatmaps compare, in the order they are looked for.
 PAIRS = (("fish", "ird"), ("ird", "reverse_ird"))
 MISSING = "–"
 
 COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
-           "score", "trainable_params", "trainable_ratio", "mask_sha256", "path")
+           "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed")
 
 
 def collect(*roots: str | Path) -> pd.DataFrame:
@@ -55,6 +53,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = None
+    df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
     for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio"):
         df[col] = pd.to_numeric(df[col], errors="coerce")

@@ -17,15 +17,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from .collect import INTRINSIC, METHOD_ORDER, MISSING, TASK_ORDER, fmt_ratio, method_name, ordered, task_name
+from .collect import METHOD_ORDER, MISSING, TASK_ORDER, fmt_ratio, method_name, ordered, task_name
 
 TOL = 1e-9
 LONG_COLUMNS = ["model", "method", "ratio_key", "params_ratio", "task", "mean", "std", "n_ok", "n_failed",
                 "n_skipped", "seeds", "reasons", "text", "best"]
 
 
-def _ratio_key(method: str, r: float, sparsity) -> object:
-    if method in INTRINSIC:
+def _ratio_key(ratio_fixed: bool, r: float, sparsity) -> object:
+    if ratio_fixed:  # the method's own share (dense, BitFit): one row at the measured ratio
         return "intrinsic"
     if r is None or (isinstance(r, float) and math.isnan(r)):
         return str(sparsity)  # a ladder job that failed before any cell: keep it, under its sparsity name
@@ -44,7 +44,7 @@ def _entries(df: pd.DataFrame) -> pd.DataFrame:
             ok = cg[(cg["status"] == "ok") & cg["score"].notna()]
             status = "ok" if not ok.empty else ("failed" if (cg["status"] != "skipped").any() else "skipped")
             reason = next((x for x in cg["reason"] if isinstance(x, str) and x), None)
-            rows.append({**base, "ratio_key": _ratio_key(base["method"], r, first["sparsity"]),
+            rows.append({**base, "ratio_key": _ratio_key(bool(first["ratio_fixed"]), r, first["sparsity"]),
                          "status": status, "score": ok["score"].max() if not ok.empty else math.nan,
                          "trainable_ratio": ok["trainable_ratio"].mean() if not ok.empty else math.nan,
                          "reason": None if status == "ok" else reason})
