@@ -104,3 +104,26 @@ def test_ladder_larger_than_training_set():
     sel = Selector(model, toy_samples([1.0] * 4), toy_collate, engine="loop", progress=False)
     with pytest.raises(ValueError, match="training set"):
         ird_walk(sel, [8, 2], [50.0, 10.0], seed=0)
+
+
+def test_ird_walk_checks_its_arguments():
+    model = tiny_model("bert")
+    sel = Selector(model, tiny_examples(24), collate, head=head_names(model), progress=False)
+    bad = [
+        (([16, 8], [2.0]), "samples, ratios: one of each per step"),
+        (([], []), "samples, ratios: the ladder needs at least one step"),
+        (([8, 16], [2.0, 1.0]), "samples: must be strictly decreasing"),
+        (([16, 8], [1.0, 2.0]), "ratios: must be strictly decreasing"),
+        (([16, 0], [2.0, 1.0]), "samples: whole numbers >= 1"),
+        (([16, 8], [200.0, 1.0]), r"ratios: percentages in \(0, 100\]"),
+    ]
+    for (samples, ratios), message in bad:
+        with pytest.raises(ValueError, match=message):
+            ird_walk(sel, samples, ratios, seed=0)
+
+
+def test_cell_names_are_exact_and_unique():
+    from fishtune.ird import cell_name
+
+    assert cell_name(0.5, 16) == "r0.5-n16" and cell_name(20.0, 1) == "r20-n1" and cell_name(0.02, 1) == "r0.02-n1"
+    assert cell_name(0.5000001, 4) != cell_name(0.5, 4)

@@ -131,7 +131,25 @@ BAD = [
     (["train.eval_every=0"], "train.eval_every must be >= 1"),
     (["train.eval_batch_size=0"], "train.eval_batch_size must be >= 1"),
     (["train.weight_decay=-5"], "train.weight_decay must be >= 0"),
+    (["task.text_fields=[nocol]"], "task.text_fields: no column 'nocol' in"),
+    (["task.prompt='{nofield}'"], "task.prompt: {nofield} is not one of task.text_fields"),
+    (["task.prompt='{0}'"], "task.prompt: positional slot {0}"),
+    (["method=lora", "method.r=abc"], "method.r must be int or null for method lora, got 'abc'"),
+    (["method=lora", "method.r=0"], "method.r must be >= 1"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[16,8,4,1]", "method.nested=no"],
+     "method.nested must be bool for method ird, got 'no'"),
+    (["task.max_length=1000", "train.pad_to_max_length=true"], "task.max_length=1000 is longer than model tiny-bert"),
+    (["task.num_labels=5"], "task.num_labels=5, but"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[16,8,4,1]", "cell=r9-n9"],
+     "cell=r9-n9: not a cell of this job"),
+    (["fisher.scope='['"], "fisher.scope: not a valid regex"),
+    (["fisher.scope=nomatch"], "fisher.scope: 'nomatch' matches no parameter"),
+    (["method=lora", "method.target_modules=[nomod]"], "lora: no 2-D weight in modules named ['nomod']"),
+    (["data.dir=/nonexistent"], "data.dir: no such folder '/nonexistent'"),
 ]
+# the config alone tells: these stop before any data is read (no tokenising progress bar)
+BEFORE_DATA = {"task.prompt='{0}'", "method.r=abc", "method.nested=no", "cell=r9-n9", "fisher.scope='['",
+               "data.dir=/nonexistent", "train.patience=-1"}
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
@@ -146,6 +164,8 @@ def test_bad_input_one_line_no_ok_result(tmp_path, args, message):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+    if BEFORE_DATA & set(args):
+        assert "Map" not in out.stderr, "checked only after the data was read"
     for path in tmp_path.rglob("result.json"):
         assert json.loads(path.read_text())["status"] != "ok"
 

@@ -67,6 +67,23 @@ class TaskConfig:
         _check(1 <= len(self.text_fields) <= 2, "task.text_fields must name one or two columns")
         _check(self.lr > 0, f"task.lr must be > 0, got {self.lr}")
         _check(self.max_length >= 8, f"task.max_length must be >= 8, got {self.max_length}")
+        _check_template("task.prompt", self.prompt, self.text_fields)  # decoder_prompt: when a decoder uses it
+
+
+def _check_template(key: str, template: str | None, fields: list[str]) -> None:
+    """A prompt names only ``{field}`` slots of ``task.text_fields`` (no positional ``{}``/``{0}``)."""
+    if template is None:
+        return
+    import string
+
+    try:
+        slots = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"{key}: not a valid template ({e})") from None
+    for name in slots:
+        _check(bool(name) and not name.isdigit(), f"{key}: positional slot {{{name}}}; name a field of "
+               f"task.text_fields, e.g. {{{fields[0]}}}")
+        _check(name in fields, f"{key}: {{{name}}} is not one of task.text_fields {list(fields)}")
 
 
 @dataclass
@@ -119,6 +136,13 @@ class FisherConfig:
         _check(self.batch_size >= 1, f"fisher.batch_size must be >= 1, got {self.batch_size}")
         _check(self.precision in ("fp32", "tf32", "bf16"),
                f"fisher.precision must be fp32|tf32|bf16, got {self.precision!r}")
+        if self.scope is not None:
+            import re
+
+            try:
+                re.compile(self.scope)
+            except re.error as e:
+                raise ConfigError(f"fisher.scope: not a valid regex ({e})") from None
 
 
 @dataclass
@@ -178,6 +202,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.source in ("auto", "local", "hub"), f"data.source must be auto|local|hub, got {self.source!r}")
+        _check(self.dir is None or self.source == "hub" or Path(self.dir).is_dir(),
+               f"data.dir: no such folder {self.dir!r} (a named folder is never replaced by the hub)")
         for k in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, k)
             _check(v is None or v >= 1, f"data.{k} must be >= 1, got {v}")

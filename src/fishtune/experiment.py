@@ -113,6 +113,9 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     method = create(rc.method)  # validates the method's options before any heavy work
     if not rc.mask.load:  # a loaded mask is trained as it is, whatever the sparsity
         method.check_sparsity(rc.sparsity)
+    cells = ["main"] if rc.mask.load else method.cell_names(rc.sparsity, rc.ladder)
+    if rc.cell is not None and rc.cell not in cells:
+        raise ConfigError(f"cell={rc.cell}: not a cell of this job ({', '.join(cells)})")
     device = resolve_device(rc.device)
     base = {"schema": SCHEMA, "task": rc.task.name, "model": rc.model.name, "method": method.name,
             "sparsity": rc.sparsity.name, "ratio": rc.sparsity.ratio, "ratio_fixed": method.ratio_fixed,
@@ -133,6 +136,7 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
         write_unless_ok(result_path, {**base, "status": "failed", "reason": str(e)})
         raise
     model, head = loaded.model, loaded.head
+    _check_model(rc, method, model)  # options that need the model's own config, before any tokenising
     if rc.model.arch == "decoder" and rc.task.prompt is None and rc.task.decoder_prompt:
         raw.task = replace(rc.task, prompt=rc.task.decoder_prompt)  # decoders read a prompt, paper §5.3
     base["prompt"] = raw.task.prompt
@@ -188,6 +192,22 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     if rc.cell is None:
         (write_json if result["status"] == "ok" else write_unless_ok)(result_path, result)
     return result
+
+
+def _check_model(rc: RunConfig, method, model) -> None:
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and rc.task.max_length > positions and rc.model.arch != "decoder":
+        raise ConfigError(f"task.max_length={rc.task.max_length} is longer than model {rc.model.name}'s "
+                          f"{positions} positions")
+    if rc.fisher.scope is not None and method.draws_fisher_samples:
+        import re
+
+        if not any(re.search(rc.fisher.scope, n) for n, _ in model.named_parameters()):
+            raise ConfigError(f"fisher.scope: {rc.fisher.scope!r} matches no parameter of the model")
+    try:
+        method.check_model(model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _loaded_plan(path: str, model, num_params: int) -> list[Plan]:

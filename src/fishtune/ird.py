@@ -19,11 +19,14 @@ import torch
 from .masks import Mask
 from .selection import Selector
 
-__all__ = ["Cell", "cell_name", "staircase", "grid", "ird_walk", "fish_ladder"]
+__all__ = ["Cell", "cell_name", "check_ladder", "staircase", "grid", "ird_walk", "fish_ladder"]
 
 
 def cell_name(ratio: float, samples: int) -> str:
-    return f"r{ratio:g}-n{samples}"
+    """``r<ratio>-n<samples>``, the ratio as short as it stays exact (0.5, 2.5, 20; 0.5000001 kept whole):
+    two cells never share a name."""
+    short = f"{ratio:g}"
+    return f"r{short if float(short) == float(ratio) else repr(float(ratio))}-n{samples}"
 
 
 @dataclass
@@ -42,10 +45,26 @@ class Cell:
         return cell_name(self.ratio, self.samples)
 
 
+def check_ladder(samples: Sequence[int], ratios: Sequence[float]) -> None:
+    """ValueError naming the argument unless both are non-empty, of one length, strictly decreasing, with
+    samples >= 1 (integers) and ratios in (0, 100]."""
+    samples, ratios = list(samples), list(ratios)
+    if not samples or not ratios:
+        raise ValueError("samples, ratios: the ladder needs at least one step")
+    if len(samples) != len(ratios):
+        raise ValueError(f"samples, ratios: one of each per step, got {len(samples)} and {len(ratios)}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in samples):
+        raise ValueError(f"samples: whole numbers >= 1, got {samples}")
+    if not all(isinstance(r, (int, float)) and 0 < r <= 100 for r in ratios):
+        raise ValueError(f"ratios: percentages in (0, 100], got {ratios}")
+    for name, seq in (("samples", samples), ("ratios", ratios)):
+        if any(b >= a for a, b in zip(seq, seq[1:])):
+            raise ValueError(f"{name}: must be strictly decreasing, got {seq}")
+
+
 def staircase(samples: Sequence[int], ratios: Sequence[float]) -> list[tuple[float, int]]:
     """The cells the walk visits: (R_0,N_0), then (R_{t-1},N_t), (R_t,N_t) for t = 1..T-1."""
-    if len(samples) != len(ratios) or not samples:
-        raise ValueError("ladder: samples and ratios must be non-empty and of the same length")
+    check_ladder(samples, ratios)
     cells = [(ratios[0], samples[0])]
     for t in range(1, len(samples)):
         cells += [(ratios[t - 1], samples[t]), (ratios[t], samples[t])]
@@ -66,7 +85,11 @@ def _keep(phi: torch.Tensor, n: int, largest: bool) -> list[int]:
 
 def ird_walk(selector: Selector, samples: Sequence[int], ratios: Sequence[float], seed: int, *,
              nested: bool = True, reverse: bool = False) -> list[Cell]:
-    """Walk the ladder and return every visited cell with its mask (see the module docstring)."""
+    """Walk the ladder and return every visited cell with its mask (see the module docstring).
+
+    Raises ValueError naming the argument when ``samples``/``ratios`` are empty, of different lengths, not
+    strictly decreasing, or out of range."""
+    check_ladder(samples, ratios)
     if max(samples) > len(selector.samples):
         raise ValueError(f"ladder.samples: {max(samples)} samples asked, the training set has "
                          f"{len(selector.samples)}")

@@ -126,9 +126,29 @@ def load_task(task: TaskConfig, data: DataConfig, seed: int = 0) -> TaskData:
     else:
         splits = _load_hub(task, wanted, folder)
         source = f"hub:{HUB_ID}"
+    for s, ds in splits.items():
+        _check_split(task, ds, f"{source.split(':', 1)[1]} ({s})")
     train = _subset(splits["train"], data.max_train_samples, seed)
     evals = {s: _subset(splits[s], data.max_eval_samples, seed) for s in task.eval_splits}
     return TaskData(task=task, train=train, eval=evals, source=source)
+
+
+def _check_split(task: TaskConfig, ds, where: str) -> None:
+    """ValueError naming the data when a split is empty, lacks a text field, or has labels the task's
+    ``num_labels`` cannot hold."""
+    if len(ds) == 0:
+        raise ValueError(f"task {task.name}: {where} has no examples")
+    missing = [f for f in task.text_fields if f not in ds.column_names]
+    if missing:
+        raise ValueError(f"task.text_fields: no column {missing[0]!r} in {where} (columns: "
+                         f"{', '.join(c for c in ds.column_names if c != 'label')})")
+    if task.num_labels > 1:
+        labels = set(ds["label"])
+        bad = sorted(y for y in labels if not (isinstance(y, int) and 0 <= y < task.num_labels))
+        if bad:
+            raise ValueError(f"task.num_labels={task.num_labels}: {where} has label {bad[0]!r}")
+        if len(ds) >= 50 and max(labels) + 1 < task.num_labels:  # a full split shows every class
+            raise ValueError(f"task.num_labels={task.num_labels}, but {where} has labels 0..{max(labels)} only")
 
 
 def _load_hub(task: TaskConfig, wanted: list[str], folder: Path) -> dict:

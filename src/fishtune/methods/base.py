@@ -8,6 +8,7 @@ A method answers: given the pretrained model, the training data and a budget, wh
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -83,6 +84,19 @@ class Method:
         self.cfg = cfg
 
     @classmethod
+    def cell_names(cls, sparsity: SparsityConfig, ladder: LadderConfig) -> list[str]:
+        """The cells a job of this method will train, known from the config alone."""
+        from ..ird import cell_name, grid, staircase
+
+        if sparsity.mode == "single":
+            return ["main"]
+        walk = staircase if sparsity.mode == "ladder" else grid
+        return [cell_name(r, n) for r, n in walk(ladder.samples, ladder.ratios)]
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ConfigError when an option does not fit ``model`` (called before any data is tokenised)."""
+
+    @classmethod
     def check_sparsity(cls, sparsity: SparsityConfig) -> None:
         """ConfigError in one line when this method cannot run ``sparsity`` (checked before any work)."""
         if sparsity.mode not in cls.sparsity_modes:
@@ -126,11 +140,43 @@ def create(options: dict[str, Any]) -> Method:
     if unknown:
         raise ConfigError(f"method.{unknown[0]}: not an option of method {cls.name} "
                           f"(options: {', '.join(sorted(fields)) or 'none'})")
+    hints = typing.get_type_hints(cls.Config)
+    values = {k: _typed(cls.name, k, v, hints[k]) for k, v in options.items() if k != "name"}
     try:
-        cfg = cls.Config(**{k: v for k, v in options.items() if k != "name"})
+        cfg = cls.Config(**values)
     except TypeError as e:
         raise ConfigError(f"method: {e}") from None
+    except ValueError as e:  # a Config's own range check
+        raise ConfigError(str(e)) from None
     return cls(cfg)
+
+
+def _typed(method: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the option's annotation (bool, int, float, str, list[str], optional)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    ok = True
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin in (list, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = list(value) if ok else value
+    if not ok:
+        want = getattr(hint, "__name__", str(hint)) + (" or null" if optional else "")
+        raise ConfigError(f"method.{key} must be {want} for method {method}, got {value!r}")
+    return value
 
 
 def _mode_error(cls: type[Method] | None, sparsity: SparsityConfig) -> str:

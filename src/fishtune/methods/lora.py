@@ -46,6 +46,17 @@ class LoRA(Method):
         dropout: float = 0.1  # lora_dropout
         target_modules: list[str] | None = None  # None: peft's defaults for the architecture
 
+        def __post_init__(self) -> None:
+            if self.r is not None and self.r < 1:
+                raise ValueError(f"method.r must be >= 1 (or null: from the ratio), got {self.r}")
+            if not 0 <= self.dropout < 1:
+                raise ValueError(f"method.dropout must be in [0, 1), got {self.dropout}")
+            if self.alpha <= 0:
+                raise ValueError(f"method.alpha must be > 0, got {self.alpha}")
+
+    def check_model(self, model: nn.Module) -> None:
+        per_rank(model, _targets(model, self.cfg.target_modules))
+
     def plans(self, ctx: Context) -> list[Plan]:
         targets = _targets(ctx.model, self.cfg.target_modules)
         unit = per_rank(ctx.model, targets)
