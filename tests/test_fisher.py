@@ -266,7 +266,10 @@ def test_tf32_sets_the_flag_only_inside_the_call(engine, monkeypatch):
         seen.append(torch.backends.cuda.matmul.allow_tf32)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fisher_module, "per_sample_loss", spy)
+    from fishtune import _persample
+
+    monkeypatch.setattr(fisher_module, "per_sample_loss", spy)  # the loop engine's
+    monkeypatch.setattr(_persample, "per_sample_loss", spy)  # the hooks engine's
     before = torch.backends.cuda.matmul.allow_tf32
     got = compute_fisher(model, batches, engine=engine, precision="tf32", progress=False)
     assert torch.backends.cuda.matmul.allow_tf32 == before

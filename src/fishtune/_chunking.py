@@ -8,7 +8,8 @@ import os
 
 import torch
 
-SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+from .losses import SEQ_KEYS
+
 # a chunk's fixed cost on CPU (Python, hooks, launches) in padded tokens × dense scored parameters: 32 tokens
 # on MiniLM's 10.6 M (16 to 128 all within 5 % there); tiny models get few chunks, large ones many
 CHUNK_COST = 32 * 10.6e6

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from . import _chunking
+from .losses import per_sample_loss
 
 __all__ = ["supports", "batch_stats", "plan"]
 
@@ -332,7 +333,6 @@ def batch_stats(model, batch, names, kind, generator, phi_mask, grad, chunk_size
     result, when the caller already has it. ``bf16``: the forward under bf16 autocast, bf16 operands for the
     per-sample products (float32 output). The batch may stay on the host: chunks move to the model's device.
     """
-    from .fisher import per_sample_loss
 
     steps = steps if steps is not None else plan(model, names)
     if steps is None:

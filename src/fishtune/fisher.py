@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import _persample
+from .losses import SEQ_KEYS, per_sample_loss
 from .masks import Mask
 
 __all__ = ["FisherResult", "compute_fisher", "per_sample_loss", "PRECISIONS"]
 
-SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -73,32 +74,6 @@ def _precision_context(precision: str, device: torch.device) -> ExitStack:
     elif precision == "bf16":
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack
-
-
-def per_sample_loss(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], kind: str = "empirical", generator=None
-) -> torch.Tensor:
-    """(B,) loss of each sample: cross-entropy, or squared error when the model has one output (STS-B).
-
-    ``kind="expected"`` replaces the labels by draws from the model's own predictive distribution
-    (regression: y ~ N(f(x), 1)), with ``generator`` for reproducibility.
-    """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits.float()
-    labels = batch["labels"]
-    if kind == "expected":
-        with torch.no_grad():
-            if logits.shape[-1] == 1:
-                noise = torch.randn(logits.shape[0], generator=generator, device="cpu").to(logits.device)
-                labels = logits[:, 0] + noise
-            else:
-                probs = torch.softmax(logits, -1).cpu()
-                labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
-    elif kind != "empirical":
-        raise ValueError(f"fisher.kind must be empirical|expected, got {kind!r}")
-    if logits.shape[-1] == 1:
-        return (logits[:, 0] - labels.to(logits.dtype)) ** 2
-    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
 
 
 def _split_samples(batch: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -150,8 +125,6 @@ def compute_fisher(
         raise ValueError(f"params: no parameter named {unknown[0]!r} in the model")
     if phi_mask is not None:
         phi_mask.check_model(model)
-    from . import _persample
-
     if engine not in ("auto", "loop", "hooks"):
         raise ValueError(f"fisher.engine must be auto|loop|hooks, got {engine!r}")
     steps = _persample.plan(model, names) if engine != "loop" and names else None

@@ -252,7 +252,7 @@ def save_delta(model: nn.Module, path: str | Path, head: list[str] | tuple[str, 
     """Save ``sparse_delta(model, head)`` to ``path`` (safetensors, atomic); returns the file size in bytes."""
     from safetensors.torch import save_file
 
-    from .results import atomic_path
+    from .files import atomic_path
 
     shapes = {f"shape:{n}": ",".join(map(str, t.shape)) for n, t in masked_tensors(model).items()}
     with atomic_path(path) as tmp:

@@ -91,7 +91,7 @@ class Mask:
         task head (``self.head``, the weights the Fisher was computed with) in as ``head::<name>``."""
         from safetensors.torch import save_file
 
-        from .results import atomic_path
+        from .files import atomic_path
 
         meta = {f"shape:{n}": ",".join(map(str, s)) for n, s in self.shapes.items()}
         meta["sha256"] = self.sha256()

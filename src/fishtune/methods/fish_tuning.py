@@ -37,7 +37,7 @@ from ..fisher import compute_fisher
 from ..masked import apply_mask
 from ..masks import select_top_k
 from .base import Context, Method, Plan, register
-from .lora import _targets, per_rank
+from .lora import per_rank, target_modules_of
 
 ADAPTER_DEFAULTS = {  # module-name suffixes whose output gets an adapter (Houlsby: after attention and FFN)
     "bert": ["output.dense"], "roberta": ["output.dense"], "distilbert": ["out_lin", "lin2"],
@@ -100,7 +100,7 @@ class _FishTuning(Method):
 
     def plans(self, ctx: Context) -> list[Plan]:
         sel, cfg = ctx.selector, self.cfg
-        targets = _targets(ctx.model, cfg.target_modules)
+        targets = target_modules_of(ctx.model, cfg.target_modules)
         unit = per_rank(ctx.model, targets)
         out = []
         for ratio in ctx.ratios():

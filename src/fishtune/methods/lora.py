@@ -14,7 +14,7 @@ from torch import nn
 from .base import Context, Method, Plan, register
 
 
-def _targets(model: nn.Module, targets: list[str] | None) -> list[str]:
+def target_modules_of(model: nn.Module, targets: list[str] | None) -> list[str]:
     if targets:
         return list(targets)
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
@@ -55,10 +55,10 @@ class LoRA(Method):
                 raise ValueError(f"method.alpha must be > 0, got {self.alpha}")
 
     def check_model(self, model: nn.Module) -> None:
-        per_rank(model, _targets(model, self.cfg.target_modules))
+        per_rank(model, target_modules_of(model, self.cfg.target_modules))
 
     def plans(self, ctx: Context) -> list[Plan]:
-        targets = _targets(ctx.model, self.cfg.target_modules)
+        targets = target_modules_of(ctx.model, self.cfg.target_modules)
         unit = per_rank(ctx.model, targets)
         out = []
         for ratio in ctx.ratios():
