@@ -65,11 +65,36 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
+def unwritable_run_dir(args: list[str]) -> str | None:
+    """One line when a single run's folder cannot be created or written (Hydra would fail with a traceback
+    while making it); None when it can, or when the config does not compose here (Hydra then says why)."""
+    if "-m" in args or "--multirun" in args or any(a.startswith("-") or a.lower() == "dry_run=true" for a in args):
+        return None
+    try:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            folder = Path(str(compose("config", overrides=args, return_hydra_config=True).hydra.run.dir))
+    except Exception:  # noqa: BLE001 - a bad config is Hydra's (or validate's) to report
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".fishtune-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        return f"error: the run folder {folder} cannot be written ({e.strerror or e})"
+    return None
+
+
 if __name__ == "__main__":
     try:
         sys.argv = [sys.argv[0], *rewrite(sys.argv[1:], CONF)]
     except OverrideError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if problem := unwritable_run_dir(sys.argv[1:]):
+        print(problem, file=sys.stderr)
         sys.exit(2)
     main()
     from fishtune.report.callback import SWEEP

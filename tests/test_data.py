@@ -91,3 +91,21 @@ def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch, co
     experiment.run_experiment(rc, tmp_path, {"x": 1}, log=lambda *_: None)
     r = read_result(tmp_path / "result.json")
     assert r["status"] == "failed" and "out of memory on cpu with train.batch_size=8" in r["reason"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", r"train.tsv: the file is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xfa binary", r"train.tsv: not UTF-8 text"),
+])
+def test_empty_or_binary_file_is_named(tmp_path, content, message):
+    d = _copy(tmp_path)
+    (d / "train.tsv").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+def test_header_only_dev_file_is_named_before_training(tmp_path):
+    d = _copy(tmp_path)
+    (d / "dev.tsv").write_text((d / "dev.tsv").read_text().splitlines(keepends=True)[0])
+    with pytest.raises(ValueError, match=r"RTE \(validation\) has no examples"):
+        load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))

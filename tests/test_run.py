@@ -69,8 +69,11 @@ def test_ladder_job_resumes_only_missing_cells(tmp_path):
     text = (cells / "r5-n1.json").read_text()
     (cells / "r5-n1.json").write_text(text[: len(text) // 2])  # half-written: not finished
     (tmp_path / "job" / "result.json").unlink()
+    forged = json.loads((cells / "r20-n8.json").read_text())
+    del forged["score"]  # "ok" without a score: not finished, trained again (no KeyError)
+    (cells / "r20-n8.json").write_text(json.dumps(forged))
     again = run(args, tmp_path, check=True)
-    assert again.stdout.count(": training") == 2 and again.stdout.count("already complete") == 5
+    assert again.stdout.count(": training") == 3 and again.stdout.count("already complete") == 4
     resumed = read_result(tmp_path / "job" / "result.json")
     assert [c["score"] for c in resumed["cells"]] == [c["score"] for c in result["cells"]]
     assert run(args, tmp_path, check=True).stdout.count("already complete") == 1  # the whole job is done
@@ -205,6 +208,13 @@ def test_failing_rerun_never_touches_a_finished_result(tmp_path):
         out = run([*args, *bad], tmp_path)
         assert out.returncode != 0 and "error:" in out.stderr, bad
         assert files() == before, f"{bad}: a failing rerun changed the finished run"
+
+
+def test_unwritable_run_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    out = run([*TINY, "task=glue/rte", "hydra.run.dir=afile/job"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: the run folder afile/job cannot be written" in out.stderr, out.stderr[-2000:]
 
 
 def test_sweep_with_failed_jobs_exits_non_zero(tmp_path):

@@ -44,7 +44,15 @@ def read_result(path: str | Path) -> dict[str, Any] | None:
         return None
     if any(k not in data for k in REQUIRED):
         return None
+    if data["status"] == "ok" and not _has_scores(data):
+        return None  # an "ok" without its score is not a finished result: it is redone
     return data
+
+
+def _has_scores(data: dict[str, Any]) -> bool:
+    if data.get("cells"):
+        return all(c.get("status") != "ok" or isinstance(c.get("score"), (int, float)) for c in data["cells"])
+    return isinstance(data.get("score"), (int, float))
 
 
 def is_complete(path: str | Path, config_hash: str | None = None) -> bool:

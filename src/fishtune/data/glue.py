@@ -78,6 +78,10 @@ def _read_tsv(path: Path, task: TaskConfig, fmt: FileFormat) -> dict[str, list]:
                          encoding="utf-8-sig", header=0 if fmt.header else None, on_bad_lines="error")
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: malformed row ({str(e).strip().splitlines()[-1]})") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty (no header, no rows)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a binary or corrupted file?") from None
     out: dict[str, list] = {}
     for fld, col in fmt.columns.items():
         if col not in df.columns:
