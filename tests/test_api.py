@@ -52,6 +52,16 @@ def test_bad_api_input():
     mask, _ = ft.fish_mask(sel, 1.0, 4, seed=0)
     with pytest.raises(ValueError, match="another model"):
         ft.apply_mask(other, mask)
+    with pytest.raises(ValueError, match="head: no parameter named 'nope'"):
+        ft.Selector(model, tiny_examples(6), collate, head=["nope"])
+    with pytest.raises(ValueError, match="k: at least one entry"):
+        ft.select_top_k({"w": torch.rand(3)}, 0)
+    with pytest.raises(ValueError, match="params: no parameter named 'x'"):
+        ft.compute_fisher(model, [collate(tiny_examples(2))], params=["x"], progress=False)
+    with pytest.raises(ValueError, match="trainable: no parameter named 'x'"):
+        ft.apply_mask(tiny_model("bert"), mask, trainable=["x"])
+    with pytest.raises(ValueError, match="samples: must be strictly decreasing"):
+        ft.ird_walk(sel, [2, 4], [1.0, 0.5], seed=0)
 
 
 @needs_minilm

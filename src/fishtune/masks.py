@@ -183,7 +183,9 @@ def select_top_k(
             s = torch.where(allowed, s, torch.full_like(s, -math.inf))
         flat.append(torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
     available = candidates.count if candidates is not None else sum(f.numel() for f in flat)
-    if not 1 <= k <= available:
+    if k < 1:
+        raise ValueError(f"k: at least one entry must be selected, got k={k}")
+    if k > available:
         raise ValueError(f"k={k} entries requested but only {available} candidates exist")
     if scope == "global":
         chosen = _first_k_at_threshold(torch.cat(flat), k).split([f.numel() for f in flat])

@@ -63,6 +63,9 @@ class Selector:
         if len(self.samples) == 0:
             raise ValueError("samples: the training set is empty")
         params = dict(self.model.named_parameters())
+        unknown = [n for n in self.head if n not in params]
+        if unknown:
+            raise ValueError(f"head: no parameter named {unknown[0]!r} in the model")
         self.universe_names = [n for n in params if self.include_head or n not in self.head]
         self.num_params = sum(params[n].numel() for n in self.universe_names)  # P
         self.num_head = sum(params[n].numel() for n in self.head if n in params)
