@@ -171,16 +171,31 @@ def test_build_report_writes_files(tmp_path, table_sweep):
     assert "heatmap_wnli_m_fish-vs-ird.png" in names  # shown (empty, with its reason), not dropped
 
 
-def test_cell_ratio_from_name(tmp_path):
-    from fishtune.report.collect import collect
+def test_old_or_corrupted_results_are_one_line_each(tmp_path, caplog):
+    import json
+    import logging
 
-    path = run(tmp_path, "rte", "ird", "ladder", cells={(2.5, 8): 0.6, (0.5, 4): 0.7})
-    data = __import__("json").loads(path.read_text())
-    for c in data["cells"]:
-        del c["ratio"]  # a writer that keeps the ratio only in the cell name
-    write_json(path, data)
-    df = collect(tmp_path)
-    assert sorted(df["ratio"]) == [0.5, 2.5] and sorted(df["samples"]) == [4, 8]
+    from fishtune.report.collect import collect
+    from fishtune.results import ResultError, RunResult, load_run
+
+    good = run(tmp_path, "rte", "ird", "ladder", cells={(2.5, 8): 0.6, (0.5, 4): 0.7})
+    loaded = load_run(good)
+    assert RunResult.from_json(loaded.to_json()) == loaded and loaded.best.cell == "r0.5-n4"
+    data = json.loads(good.read_text())
+    bad = {"old": {**data, "schema": 1}, "no_score": {**data, "cells": [{**data["cells"][0], "score": None}]}}
+    for name, content in bad.items():
+        write_json(tmp_path / name / "result.json", content)
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "result.json").write_text('{"schema": 2, "sta')
+    messages = {"old": "schema 1, this fishtune reads 2", "no_score": "ok without a score", "garbled": "not JSON"}
+    for name, message in messages.items():
+        with pytest.raises(ResultError, match=message):
+            load_run(tmp_path / name / "result.json")
+    with caplog.at_level(logging.WARNING, logger="fishtune.results"):
+        df = collect(tmp_path)
+    assert set(df["path"]) == {str(good.parent)}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and all("\n" not in m for m in lines)
 
 
 def test_cli_and_empty_folder(tmp_path, table_sweep, capsys):

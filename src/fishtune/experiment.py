@@ -1,9 +1,12 @@
-"""One run, end to end and resumable: data → model → method plans → train each plan → result.json.
+"""One run, end to end and resumable: check → prepare → plans → train each cell → write the run.
 
-`run_experiment(rc, out_dir)` is what `run.py` calls after validating the config. Selection comes first
-(every plan's mask is computed and saved before any fine-tuning), then each plan is trained from the same
-pretrained weights and seeded head; each finished cell is written at once (``cells/<cell>.json``,
-atomically) and skipped when the same job runs again with the same config. ``result.json`` is written last.
+`run_experiment(rc, out_dir)` is what `run.py` calls after validating the config. The phases hand over
+dataclasses: `_check` (the config alone: method options, sparsity, cell) → `_prepare` (data, model with its
+seeded head, tokens, collator, selector: a `Prepared`) → `_plans` (selection first: every plan's mask is
+computed and saved, with its head, before any fine-tuning) → `_train_cells` (each from the same pretrained
+weights and head, each finished cell written at once as ``cells/<cell>.json``, a `CellResult`) → the
+`RunResult` as ``result.json``, last. A job's resume key (`config_hash`) covers only what changes a result,
+so a finished run or cell is found again whoever wrote it (a full ladder or a ``cell=`` job).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from .data.glue import DataUnavailable, load_task, tokenize
 from .masked import apply_mask, merge, save_delta, trainable_count
 from .methods import Context, Plan, create
 from .models import ModelUnavailable, load_model
-from .results import SCHEMA, is_complete, read_result, write_json, write_unless_ok
+from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
 from .selection import Selector
 from .train.loop import NonFiniteLoss, fit, planned_steps
 
@@ -90,11 +93,26 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
+@dataclass
+class Prepared:
+    """What the prepare phase hands over: tokenised data, the model with its seeded head, the collator and
+    the selector (Fisher, top-k) over the training set."""
+
+    data: Any
+    model: torch.nn.Module
+    head: list[str]
+    collate: Any
+    selector: Selector
+    device: torch.device
+
+
 def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print,
                    before_cell=None) -> dict[str, Any]:
     """Run (or resume) the job described by ``rc`` in ``out_dir``; return the result written there.
 
-    ``config`` is the resolved config as plain data (recorded, and hashed to recognise finished work).
+    Phases: check (config only) → prepare (data, model, collate, selector) → plans (the method's selection,
+    masks saved) → train each pending cell (each written at once) → write the run.
+    ``config`` is the resolved config as plain data (recorded; `config_hash` of it recognises finished work).
     Raises ConfigError/ValueError for bad input found before training; data missing offline gives a
     ``skipped`` result, a non-finite loss a ``failed`` one (with the step).
     ``before_cell(name)``, when given, is called before each cell is trained and may raise to stop the
@@ -110,38 +128,59 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     if rc.resume and rc.cell is not None and is_complete(cell_path, chash):  # written by a ladder or a cell job
         log(f"cell {rc.cell}: already complete ({cell_path})")
         return read_result(cell_path)
-    method = create(rc.method)  # validates the method's options before any heavy work
+    method = _check(rc)
+    device = resolve_device(rc.device)
+    run = RunResult(task=rc.task.name, model=rc.model.name, method=method.name, sparsity=rc.sparsity.name,
+                    ratio=rc.sparsity.ratio, ratio_fixed=method.ratio_fixed, seed=rc.seed, config=config,
+                    config_hash=chash, versions=_versions(), device=str(device))
+    t0 = time.perf_counter()
+    prep = _prepare(rc, method, run, result_path, device)
+    timings = {"load_seconds": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    plans = _plans(rc, method, prep, out)
+    timings["selection_seconds"] = time.perf_counter() - t1
+    run.total_params, run.head_params, run.fisher_engine = (prep.selector.num_params, prep.selector.num_head,
+                                                            rc.fisher.engine)
+    cells = _train_cells(rc, method, prep, plans, run, out, log, before_cell)
+    timings["total_seconds"] = time.perf_counter() - t0
+    result = _summarise(run, cells, plans, timings, device).to_json()
+    if rc.cell is None:
+        (write_json if result["status"] == "ok" else write_unless_ok)(result_path, result)
+    return result
+
+
+def _check(rc: RunConfig):
+    """The method, with everything the config alone can tell checked (options, sparsity, the cell)."""
+    method = create(rc.method)
     if not rc.mask.load:  # a loaded mask is trained as it is, whatever the sparsity
         method.check_sparsity(rc.sparsity)
     cells = ["main"] if rc.mask.load else method.cell_names(rc.sparsity, rc.ladder)
     if rc.cell is not None and rc.cell not in cells:
         raise ConfigError(f"cell={rc.cell}: not a cell of this job ({', '.join(cells)})")
-    device = resolve_device(rc.device)
-    base = {"schema": SCHEMA, "task": rc.task.name, "model": rc.model.name, "method": method.name,
-            "sparsity": rc.sparsity.name, "ratio": rc.sparsity.ratio, "ratio_fixed": method.ratio_fixed,
-            "seed": rc.seed, "config": config,
-            "config_hash": chash, "versions": _versions(), "device": str(device)}
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    return method
+
+
+def _prepare(rc: RunConfig, method, run: RunResult, result_path: Path, device) -> Prepared:
+    """Data (checked), the model with the seeded head (checked against the options), tokens, collator and
+    selector. Data missing offline or a model that cannot load is recorded (never over an ok result)."""
     try:
         raw = load_task(rc.task, rc.data, rc.seed)
     except DataUnavailable as e:
-        write_unless_ok(result_path, {**base, "status": "skipped", "reason": str(e)})
+        write_unless_ok(result_path, replace(run, status="skipped", reason=str(e)).to_json())
         raise
     _check_sizes(rc, method, len(raw.train))
     torch.manual_seed(rc.seed)  # the task head's initialisation
     try:
         loaded = load_model(rc.model, rc.task.num_labels, device)
     except ModelUnavailable as e:
-        write_unless_ok(result_path, {**base, "status": "failed", "reason": str(e)})
+        write_unless_ok(result_path, replace(run, status="failed", reason=str(e)).to_json())
         raise
     model, head = loaded.model, loaded.head
     _check_model(rc, method, model)  # options that need the model's own config, before any tokenising
     if rc.model.arch == "decoder" and rc.task.prompt is None and rc.task.decoder_prompt:
         raw.task = replace(rc.task, prompt=rc.task.decoder_prompt)  # decoders read a prompt, paper §5.3
-    base["prompt"] = raw.task.prompt
+    run.prompt = raw.task.prompt
     data = tokenize(raw, loaded.tokenizer, rc.task.max_length, rc.train.pad_to_max_length)
-    timings["load_seconds"] = time.perf_counter() - t0
     from transformers import DataCollatorWithPadding
 
     # on a GPU, lengths padded to a multiple of 8: few distinct shapes, tensor-core friendly
@@ -152,46 +191,49 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
                         fisher_kind=rc.fisher.kind, fisher_grad=rc.fisher.grad, engine=rc.fisher.engine,
                         batch_size=rc.fisher.batch_size, dropout=rc.fisher.dropout, progress=rc.train.progress,
                         precision=rc.fisher.precision)
-    t1 = time.perf_counter()
-    ctx = Context(selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
-                  train_steps=planned_steps(len(data.train), rc.train))
-    plans = _loaded_plan(rc.mask.load, model, selector.num_params) if rc.mask.load else method.plans(ctx)
-    timings["selection_seconds"] = time.perf_counter() - t1
-    if rc.cell is not None and rc.cell not in [p.cell for p in plans]:
-        raise ConfigError(f"cell={rc.cell}: not a cell of this job ({', '.join(p.cell for p in plans)})")
-    head_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in head}
+    return Prepared(data, model, head, collate, selector, device)
+
+
+def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
+    """Every plan, selected before any fine-tuning; each mask saved with the head it was selected with."""
+    ctx = Context(prep.selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
+                  train_steps=planned_steps(len(prep.data.train), rc.train))
+    if rc.mask.load:
+        plans = _loaded_plan(rc.mask.load, prep.model, prep.selector.num_params)
+    else:
+        plans = method.plans(ctx)
+    head_state = {n: p.detach().cpu().clone() for n, p in prep.model.named_parameters() if n in prep.head}
     for plan in plans:
         if plan.mask is not None:
-            plan.mask.head = plan.mask.head or head_state  # the head the mask was selected with
+            plan.mask.head = plan.mask.head or head_state
             plan.info["mask_sha256"] = plan.mask.sha256()
             plan.mask.save(out / "masks" / f"{plan.cell}.safetensors", {"cell": plan.cell})
-    base.update(total_params=selector.num_params, head_params=selector.num_head, fisher_engine=rc.fisher.engine)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return plans
+
+
+def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: RunResult, out: Path, log,
+                 before_cell) -> list[CellResult]:
+    """Train each pending cell from the same pretrained weights and head; a finished one is read back."""
+    initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
     cells = []
     for plan in plans:
         if rc.cell is not None and plan.cell != rc.cell:
             continue
         cell_path = out / "cells" / f"{plan.cell}.json"
-        if rc.resume and is_complete(cell_path, chash):
+        if rc.resume and is_complete(cell_path, run.config_hash):
             log(f"cell {plan.cell}: already complete")
-            cells.append(read_result(cell_path))
+            cells.append(read_cell(cell_path))
             continue
         if before_cell is not None:
             before_cell(plan.cell)
-        merge(model).load_state_dict(initial)  # drop the last cell's parametrizations, then reset
+        merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        cell = _train_plan(rc, plan, model, head, data, collate, device, selector.num_params, out,
-                           method.reports_trained_count)
-        cell = {**base, **cell}
-        (write_json if cell["status"] == "ok" else write_unless_ok)(cell_path, cell)
+        cell = _train_plan(rc, plan, prep, out, method.reports_trained_count)
+        (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
-        if cell["status"] == "failed":
+        if cell.status == "failed":
             break
-    timings["total_seconds"] = time.perf_counter() - t0
-    result = _summarise(base, cells, plans, timings, device)
-    if rc.cell is None:
-        (write_json if result["status"] == "ok" else write_unless_ok)(result_path, result)
-    return result
+    return cells
 
 
 def _check_model(rc: RunConfig, method, model) -> None:
@@ -247,8 +289,9 @@ def _describe(plan: Plan) -> str:
     return ", ".join(bits) or "all parameters"
 
 
-def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, out: Path,
-                own_count: bool = False) -> dict:
+def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, own_count: bool = False) -> CellResult:
+    model, head, data, collate, device = prep.model, prep.head, prep.data, prep.collate, prep.device
+    num_params = prep.selector.num_params
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
     if plan.mask is not None:
         apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head)
@@ -258,50 +301,38 @@ def _train_plan(rc, plan: Plan, model, head, data, collate, device, num_params, 
         trainable -= head_count
     if plan.mask is not None and trainable != plan.mask.count:
         raise RuntimeError(f"cell {plan.cell}: {trainable} trainable values, mask holds {plan.mask.count}")
-    cell = {"cell": plan.cell, "ratio": plan.ratio, "samples": plan.samples, "trainable_params": trainable,
-            "trainable_ratio": 100.0 * trainable / num_params, "mask_sha256": plan.info.get("mask_sha256"),
-            "info": {k: v for k, v in plan.info.items() if k != "mask_sha256"}}
+    what = dict(cell=plan.cell, ratio=plan.ratio, samples=plan.samples, trainable_params=trainable,
+                trainable_ratio=100.0 * trainable / num_params, mask_sha256=plan.info.get("mask_sha256"),
+                info={k: v for k, v in plan.info.items() if k != "mask_sha256"})
     try:
         tr = fit(train_model, data.train, data.eval, collate, rc.task, rc.train, device, rc.seed, hook=plan.hook)
     except NonFiniteLoss as e:
-        return {**cell, "status": "failed", "reason": str(e), "failed_step": e.step}
+        return CellResult(**what, status="failed", reason=str(e), failed_step=e.step)
     except torch.OutOfMemoryError:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return {**cell, "status": "failed", "reason": f"out of memory on {device} with train.batch_size="
-                f"{rc.train.batch_size} (try a smaller train.batch_size or task.max_length)"}
+        return CellResult(**what, status="failed", reason=f"out of memory on {device} with train.batch_size="
+                          f"{rc.train.batch_size} (try a smaller train.batch_size or task.max_length)")
     if own_count:  # a hook that grows its own trainable set (ID³) says how many it trained
-        cell.update(trainable_params=plan.hook.trained_count,
+        what.update(trainable_params=plan.hook.trained_count,
                     trainable_ratio=100.0 * plan.hook.trained_count / num_params)
+    delta_bytes = None
     if rc.save_delta and plan.mask is not None:
-        cell["delta_bytes"] = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
-    cell.update(status="ok", score=tr.score, metrics=tr.metrics, best_epoch=tr.best_epoch, steps=tr.steps,
-                epochs_run=tr.epochs_run, stopped_early=tr.stopped_early, history=tr.history,
-                timings={"train_seconds": tr.train_seconds, "samples_per_second": tr.samples_per_second},
-                peak_memory=_peak_memory(device))
-    return cell
+        delta_bytes = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
+    return CellResult(**what, status="ok", score=tr.score, metrics=tr.metrics, best_epoch=tr.best_epoch,
+                      steps=tr.steps, epochs_run=tr.epochs_run, stopped_early=tr.stopped_early, history=tr.history,
+                      timings={"train_seconds": tr.train_seconds, "samples_per_second": tr.samples_per_second},
+                      peak_memory=_peak_memory(device), delta_bytes=delta_bytes)
 
 
-def _summarise(base: dict, cells: list[dict], plans: list[Plan], timings: dict, device) -> dict:
-    failed = [c for c in cells if c["status"] != "ok"]
-    ok = [c for c in cells if c["status"] == "ok"]
-    best = max(ok, key=lambda c: c["score"]) if ok else None
-    result = {**base, "status": "failed" if failed or not ok else "ok",
-              "reason": failed[0].get("reason") if failed else None,
-              "failed_step": failed[0].get("failed_step") if failed else None,
-              "timings": {**timings, "train_seconds": sum(c.get("timings", {}).get("train_seconds", 0) for c in ok),
-                          "samples_per_second": (sum(c["timings"]["samples_per_second"] for c in ok) / len(ok))
-                          if ok else 0.0},
-              "peak_memory": _peak_memory(device)}
-    own = ("status", "ratio", "reason")  # cell keys that share a name with the run's and must stay
-    slim = [{k: v for k, v in c.items() if k not in base or k in own} for c in cells]
-    if len(plans) == 1 and plans[0].cell == "main":
-        if best is not None:
-            result.update({k: best[k] for k in ("score", "metrics", "trainable_params", "trainable_ratio",
-                                                 "mask_sha256", "info", "best_epoch", "steps", "history")})
-    else:
-        result["cells"] = slim
-        if best is not None:
-            result.update(best_cell=best["cell"], score=best["score"], metrics=best["metrics"])
-    return result
-
+def _summarise(run: RunResult, cells: list[CellResult], plans: list[Plan], timings: dict, device) -> RunResult:
+    """The run with its cells: ok when every trained cell is; the first failure's reason and step."""
+    failed = [c for c in cells if c.status != "ok"]
+    ok = [c for c in cells if c.status == "ok"]
+    speed = sum(c.timings.get("samples_per_second", 0.0) for c in ok) / len(ok) if ok else 0.0
+    return replace(run, cells=cells, single=len(plans) == 1 and plans[0].cell == "main",
+                   status="failed" if failed or not ok else "ok",
+                   reason=failed[0].reason if failed else None, failed_step=failed[0].failed_step if failed else None,
+                   timings={**timings, "train_seconds": sum(c.timings.get("train_seconds", 0.0) for c in ok),
+                            "samples_per_second": speed},
+                   peak_memory=_peak_memory(device))

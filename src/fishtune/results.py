@@ -1,21 +1,171 @@
-"""result.json: the one contract between training and reporting.
+"""result.json: the one contract between training and reporting, owned here.
 
-Every run (and every ladder cell) writes one JSON file, last and atomically (temporary file + os.replace),
-so a folder without a valid result did not finish. `read_result` validates one file; `load_results` turns a
-folder tree of them into one tidy pandas DataFrame (pandas is imported only there).
+A run is a `RunResult` (what ran, where, with which config and versions) holding its `CellResult`s (what each
+cell trained and scored; a single-ratio run has one cell, "main"). Both are written only through this module
+(`to_json`, atomically: temporary file + os.replace, so a folder without a valid result did not finish) and
+read only through it (`from_json` validates: schema version, required fields, status, an ``ok`` with its
+score). Layout: a single-ratio run's cell fields sit at the top level of result.json; a ladder's under
+``cells``, with ``best_cell``/``score``/``metrics`` of the best one; each trained cell also lands in
+``cells/<cell>.json`` (the run's header plus the cell), found again by the run's resume key.
+`load_results` turns a folder tree of results into one tidy pandas DataFrame (pandas is imported only there).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .files import atomic_path
 
-SCHEMA = 1
+SCHEMA = 2  # 2: written through RunResult/CellResult (1: hand-assembled dicts, not read any more)
 STATUSES = ("ok", "skipped", "failed")
 REQUIRED = ("schema", "status", "task", "model", "method")
+log = logging.getLogger(__name__)
+
+
+class ResultError(ValueError):
+    """A file that is not a complete result of this schema; the message is one line saying why."""
+
+
+@dataclass
+class CellResult:
+    """One trained cell: what it trained (ratio, samples, count, mask) and how it scored."""
+
+    cell: str
+    status: str = "ok"  # ok | failed
+    ratio: float | None = None
+    samples: int | None = None
+    trainable_params: int | None = None
+    trainable_ratio: float | None = None
+    mask_sha256: str | None = None
+    info: dict = field(default_factory=dict)
+    score: float | None = None
+    metrics: dict = field(default_factory=dict)
+    best_epoch: int | None = None
+    steps: int | None = None
+    epochs_run: int | None = None
+    stopped_early: bool | None = None
+    history: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)
+    reason: str | None = None
+    failed_step: int | None = None
+    delta_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "failed"):
+            raise ResultError(f"cell {self.cell}: status {self.status!r} is not ok|failed")
+        if self.status == "ok" and not isinstance(self.score, (int, float)):
+            raise ResultError(f"cell {self.cell}: ok without a score")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellResult:
+        if not isinstance(data, dict) or "cell" not in data:
+            raise ResultError("a cell without its name")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# the best cell's fields that a single-ratio run keeps at the top level of result.json
+FLAT = ("score", "metrics", "trainable_params", "trainable_ratio", "mask_sha256", "info", "best_epoch", "steps",
+        "history")
+
+
+@dataclass
+class RunResult:
+    """One job (model × task × method × sparsity × seed) and its cells."""
+
+    task: str | None
+    model: str | None
+    method: str | None
+    status: str = "failed"  # ok | failed | skipped: set when the run is summarised
+    sparsity: str | None = None
+    seed: int | None = None
+    ratio: float | None = None
+    ratio_fixed: bool = False  # the method's own trainable share (dense, BitFit): see methods.Method
+    reason: str | None = None
+    failed_step: int | None = None
+    config: dict = field(default_factory=dict)
+    config_hash: str | None = None
+    versions: dict = field(default_factory=dict)
+    device: str | None = None
+    prompt: str | None = None
+    total_params: int | None = None
+    head_params: int | None = None
+    fisher_engine: str | None = None
+    timings: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)
+    cells: list[CellResult] = field(default_factory=list)
+    single: bool = True  # one "main" cell, written flat
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ResultError(f"status {self.status!r} is not {'|'.join(STATUSES)}")
+
+    @property
+    def best(self) -> CellResult | None:
+        ok = [c for c in self.cells if c.status == "ok"]
+        return max(ok, key=lambda c: c.score) if ok else None
+
+    def header(self) -> dict[str, Any]:
+        """The run's own fields (what each cell file repeats), schema first."""
+        out = {"schema": SCHEMA}
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cells", "single")})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.header()
+        best = self.best
+        if self.single:
+            if best is not None:
+                out.update({k: getattr(best, k) for k in FLAT})
+        else:
+            out["cells"] = [c.to_json() for c in self.cells]
+            if best is not None:
+                out.update(best_cell=best.cell, score=best.score, metrics=best.metrics)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunResult:
+        """Validate and read a result.json's content; ResultError (one line) when it is not one."""
+        if not isinstance(data, dict):
+            raise ResultError("not a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise ResultError(f"schema {data.get('schema')!r}, this fishtune reads {SCHEMA} (rerun to rewrite it)")
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise ResultError(f"no {missing[0]!r} field")
+        single = "cells" not in data
+        if single:
+            cells = [CellResult.from_json({**data, "cell": "main"})] if data["status"] == "ok" else []
+        else:
+            cells = [CellResult.from_json(c) for c in data["cells"]]
+        own = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("cells", "single")}
+        run = cls(**own, cells=cells, single=single)
+        if run.status == "ok" and run.best is None:
+            raise ResultError("ok without an ok cell")
+        return run
+
+
+def cell_json(run: RunResult, cell: CellResult) -> dict[str, Any]:
+    """A cell file's content: the run's header (its resume key included), then the cell."""
+    return {**run.header(), **cell.to_json()}
+
+
+def read_cell(path: str | Path) -> CellResult | None:
+    """The cell in a cell file, or None when it is missing or not valid."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("schema") != SCHEMA:
+            return None
+        return CellResult.from_json(data)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -34,25 +184,31 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_result(path: str | Path) -> dict[str, Any] | None:
-    """The result in ``path`` when it is complete and valid, else None (missing, truncated, wrong schema)."""
+def load_run(path: str | Path) -> RunResult:
+    """The `RunResult` in ``path``; ResultError with one line saying why it is not one."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except OSError as e:
+        raise ResultError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError:
+        raise ResultError(f"{path}: not JSON (truncated or corrupted)") from None
+    try:
+        return RunResult.from_json(data)
+    except (ResultError, TypeError) as e:
+        raise ResultError(f"{path}: {e}") from None
+
+
+def read_result(path: str | Path) -> dict[str, Any] | None:
+    """The result in ``path`` as plain data when it is complete and valid (validated by `RunResult`, cell
+    files by `CellResult`), else None: missing, truncated, another schema, an ``ok`` without its score."""
+    try:
+        data = json.loads(Path(path).read_text())
+        run = RunResult.from_json(data)
+        if "cell" in data and "cells" not in data and run.single:  # a cell file: the cell must be valid
+            CellResult.from_json(data)
+    except (OSError, ValueError, TypeError):
         return None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("status") not in STATUSES:
-        return None
-    if any(k not in data for k in REQUIRED):
-        return None
-    if data["status"] == "ok" and not _has_scores(data):
-        return None  # an "ok" without its score is not a finished result: it is redone
     return data
-
-
-def _has_scores(data: dict[str, Any]) -> bool:
-    if data.get("cells"):
-        return all(c.get("status") != "ok" or isinstance(c.get("score"), (int, float)) for c in data["cells"])
-    return isinstance(data.get("score"), (int, float))
 
 
 def is_complete(path: str | Path, config_hash: str | None = None) -> bool:
@@ -80,8 +236,10 @@ def load_results(root: str | Path, cells: bool = True):
 
     rows = []
     for path in find_results(root):
-        data = read_result(path)
-        if data is None:
+        try:
+            data = load_run(path).to_json()
+        except ResultError as e:
+            log.warning("skipped: %s", e)  # one line per file that is not a finished result
             continue
         base = {
             "task": data["task"],
@@ -136,9 +294,9 @@ def write_status(path: str | Path, status: str, reason: str, cfg: Any) -> None:
         node = cfg.get(group) if hasattr(cfg, "get") else None
         return node.get("name") if node is not None and hasattr(node, "get") else None
 
-    write_unless_ok(path, {"schema": SCHEMA, "status": status, "reason": reason, "task": name("task"),
-                      "model": name("model"), "method": name("method"), "sparsity": name("sparsity"),
-                      "seed": cfg.get("seed") if hasattr(cfg, "get") else None})
+    run = RunResult(task=name("task"), model=name("model"), method=name("method"), status=status, reason=reason,
+                    sparsity=name("sparsity"), seed=cfg.get("seed") if hasattr(cfg, "get") else None)
+    write_unless_ok(path, run.to_json())
 
 
 def format_result(result: dict[str, Any]) -> str:

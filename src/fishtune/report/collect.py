@@ -15,7 +15,6 @@ imports torch or the training code.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -57,27 +56,12 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
     for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    _fill_from_cell_name(df)
     df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
     df["run"] = df["path"]
     df["kind"] = df["sparsity"].map(_kind)
     df["nominal_ratio"] = [r if not _isnan(r) else _as_float(s) for r, s in zip(df["ratio"], df["sparsity"])]
     df["nominal_ratio"] = pd.to_numeric(df["nominal_ratio"], errors="coerce")
     return df
-
-
-_CELL = re.compile(r"^r(?P<ratio>[0-9.]+(?:e-?[0-9]+)?)-n(?P<samples>[0-9]+)$")
-
-
-def _fill_from_cell_name(df: pd.DataFrame) -> None:
-    """Ladder/grid cells named ``r<ratio>-n<samples>`` whose ratio or samples field is missing get them from
-    the name (some result.json writers keep them only in the name)."""
-    for col, conv in (("ratio", float), ("samples", int)):
-        missing = df[col].isna() & df["cell"].astype(str).str.match(_CELL.pattern)
-        if not missing.any():
-            continue
-        df[col] = df[col].astype(float)
-        df.loc[missing, col] = [conv(_CELL.match(c).group(col)) for c in df.loc[missing, "cell"]]
 
 
 def _kind(sparsity: str | None) -> str:
