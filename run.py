@@ -18,19 +18,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fishtune.overrides import OverrideError, rewrite
+from fishtune.runner.overrides import OverrideError, rewrite
 
 CONF = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from fishtune.config import ConfigError, validate
     from fishtune.data.glue import DataUnavailable
-    from fishtune.experiment import run_experiment
-    from fishtune.launch import between_cells
     from fishtune.models import ModelUnavailable
-    from fishtune.results import format_result, write_status
+    from fishtune.runner.config import ConfigError, validate
+    from fishtune.runner.experiment import run_experiment
+    from fishtune.runner.launch import between_cells
+    from fishtune.runner.results import format_result, write_status
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)

@@ -143,7 +143,7 @@ def timed(fn, device):
 def random_mask(model, ratio: float, exclude=(), seed: int = 0):
     """A random mask of about ``ratio`` percent of each tensor outside ``exclude`` (the head), at least one
     entry per tensor (cheap on billion-parameter models: no global sort)."""
-    from fishtune.masks import Mask
+    from fishtune.core.masks import Mask
 
     gen = torch.Generator().manual_seed(seed)
     indices, shapes = {}, {}

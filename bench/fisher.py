@@ -15,7 +15,7 @@ from __future__ import annotations
 import common
 import torch
 
-from fishtune.fisher import PRECISIONS, compute_fisher
+from fishtune.core.fisher import PRECISIONS, compute_fisher
 
 
 def _agreement(ours, ref) -> str:

@@ -15,7 +15,7 @@ import common
 import torch
 from safetensors.torch import save_file
 
-from fishtune.masked import MaskedAdamW, apply_delta, apply_mask, merge, save_delta
+from fishtune.core.masked import MaskedAdamW, apply_delta, apply_mask, merge, save_delta
 from fishtune.models import head_names
 
 

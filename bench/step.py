@@ -18,7 +18,7 @@ import statistics
 import common
 import torch
 
-from fishtune.masked import MaskedAdamW, apply_mask
+from fishtune.core.masked import MaskedAdamW, apply_mask
 from fishtune.models import head_names
 from fishtune.train.loop import train_step
 

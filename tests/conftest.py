@@ -23,7 +23,7 @@ def compose():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from fishtune.overrides import rewrite
+    from fishtune.runner.overrides import rewrite
 
     def _compose(overrides=()):
         GlobalHydra.instance().clear()

@@ -18,7 +18,7 @@ def test_import_is_light():
     code = "import sys, fishtune; print([m for m in ('hydra', 'matplotlib', 'pandas') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, fishtune.report, fishtune.results; print('torch' in sys.modules)"
+    code = "import sys, fishtune.report, fishtune.runner.results; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "reporting must not need torch"
 
@@ -85,10 +85,10 @@ def test_api_mask_equals_run_py_mask(tmp_path):
     from datasets import Dataset  # noqa: F401
     from transformers import DataCollatorWithPadding
 
-    from fishtune.config import DataConfig, ModelConfig, TaskConfig
     from fishtune.data.glue import load_task, tokenize
     from fishtune.models import load_model
-    from fishtune.results import read_result
+    from fishtune.runner.config import DataConfig, ModelConfig, TaskConfig
+    from fishtune.runner.results import read_result
 
     args = ["model=minilm", "task=glue/rte", "method=fish", "sparsity=0.5", "train=debug", "train.max_steps=1",
             "data.max_train_samples=32", "data.max_eval_samples=8", "fisher.num_samples=8", "seed=3",
@@ -111,7 +111,7 @@ def test_git_commit_is_fishtunes_own(tmp_path):
     'unknown', never that repository's commit."""
     import shutil
 
-    from fishtune.experiment import fishtune_commit
+    from fishtune.runner.experiment import fishtune_commit
 
     own = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if own:
@@ -121,7 +121,7 @@ def test_git_commit_is_fishtunes_own(tmp_path):
     subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "other"], cwd=tmp_path, check=True)
-    code = "from fishtune.experiment import fishtune_commit; print(fishtune_commit())"
+    code = "from fishtune.runner.experiment import fishtune_commit; print(fishtune_commit())"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "vendor" / "src")})
     assert out.stdout.strip() == "unknown", out.stderr[-2000:]

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from fishtune.config import DataConfig, TaskConfig
 from fishtune.data.glue import DataUnavailable, load_task
+from fishtune.runner.config import DataConfig, TaskConfig
 
 TASKS = {
     "cola": (TaskConfig(name="cola", glue_dir="CoLA", metric="matthews"), 8551, 1043),
@@ -79,8 +79,8 @@ def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch, co
     import torch
 
     from fishtune import experiment
-    from fishtune.config import validate
-    from fishtune.results import read_result
+    from fishtune.runner.config import validate
+    from fishtune.runner.results import read_result
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -18,13 +18,13 @@ import torch
 from conftest import needs_minilm
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune.config import LadderConfig, SparsityConfig
-from fishtune.masked import MaskedAdamW, trainable_count
+from fishtune.core.masked import MaskedAdamW, trainable_count
+from fishtune.core.selection import Selector
 from fishtune.methods import Context, create
 from fishtune.methods.gmt import GradientMask, quantile
 from fishtune.methods.id3 import schedule
 from fishtune.models import head_names
-from fishtune.selection import Selector
+from fishtune.runner.config import LadderConfig, SparsityConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = 5.0  # percent: a few hundred entries of the tiny BERT
@@ -238,7 +238,7 @@ def test_fish_tuning_is_deterministic():
 
 
 def test_diff_pruning_count_is_exact_and_selection_leaves_the_model_alone():
-    from fishtune.masked import apply_mask
+    from fishtune.core.masked import apply_mask
 
     model = tiny_model()
     ctx = context(model)
@@ -256,7 +256,7 @@ def test_diff_pruning_count_is_exact_and_selection_leaves_the_model_alone():
 
 
 def test_diff_pruning_keeps_the_largest_diffs_and_can_start_from_them():
-    from fishtune.masked import apply_mask, masked_tensors
+    from fishtune.core.masked import apply_mask, masked_tensors
     from fishtune.methods.diff_pruning import learn_diff
 
     model = tiny_model()

@@ -11,8 +11,8 @@ from conftest import ROOT, needs_minilm
 from tiny import collate, tiny_examples, tiny_model
 
 from fishtune import _persample
-from fishtune.fisher import compute_fisher
-from fishtune.masks import Mask
+from fishtune.core.fisher import compute_fisher
+from fishtune.core.masks import Mask
 
 ARCHS = ["bert", "gpt2", "llama", "roberta", "distilbert"]
 DECODERS = {"gpt2", "llama"}
@@ -248,7 +248,7 @@ def test_precision_option_is_validated_and_fp32_is_the_default():
     fp32 = compute_fisher(model, batches, engine="hooks", precision="fp32", progress=False)
     assert default.precision == "fp32"
     assert all(torch.equal(default.diag[n], fp32.diag[n]) for n in default.diag)
-    from fishtune.config import ConfigError, FisherConfig
+    from fishtune.runner.config import ConfigError, FisherConfig
 
     with pytest.raises(ConfigError, match="fisher.precision"):
         FisherConfig(precision="half")

@@ -8,9 +8,9 @@ import torch
 from tiny import collate, tiny_examples, tiny_model
 from torch import nn
 
-from fishtune.ird import fish_ladder, grid, ird_walk, staircase
+from fishtune.core.ird import fish_ladder, grid, ird_walk, staircase
+from fishtune.core.selection import Selector
 from fishtune.models import head_names
-from fishtune.selection import Selector
 
 
 class Toy(nn.Module):
@@ -123,7 +123,7 @@ def test_ird_walk_checks_its_arguments():
 
 
 def test_cell_names_are_exact_and_unique():
-    from fishtune.ird import cell_name
+    from fishtune.core.ird import cell_name
 
     assert cell_name(0.5, 16) == "r0.5-n16" and cell_name(20.0, 1) == "r20-n1" and cell_name(0.02, 1) == "r0.02-n1"
     assert cell_name(0.5000001, 4) != cell_name(0.5, 4)

@@ -1,4 +1,5 @@
-"""The package's layers, held by its imports (module level and inside functions alike):
+"""The package's layers, as folders (core/, runner/, data/, methods/, train/, report/) and held by their
+imports (module level and inside functions alike):
 
 - the Hydra-free core (Fisher, per-sample engine, masks, masked training, selection, IRD) imports only the
   core: never the config, the run record, the runner, the methods, training or the report;
@@ -15,8 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-CORE = {"fishtune.fisher", "fishtune._persample", "fishtune._chunking", "fishtune.losses", "fishtune.masks",
-        "fishtune.masked", "fishtune.selection", "fishtune.ird", "fishtune.files"}
+RUNNER = {"fishtune.runner", "fishtune.runner.experiment", "fishtune.runner.launch", "fishtune.runner.overrides"}
 # group -> the groups its modules may import (besides their own)
 ALLOWED = {
     "core": set(),
@@ -33,14 +33,15 @@ ALLOWED = {
 
 
 def group(module: str) -> str:
-    if module in CORE:
-        return "core"
+    """A module's layer: its folder (core, data, methods, train, report), the runner's own modules, the
+    runner's config and results (used by layers below it), models, or the package itself."""
     if module == "fishtune":
         return "package"
-    part = module.split(".")[1]
-    return {"config": "config", "results": "results", "data": "data", "models": "models", "methods": "methods",
-            "train": "train", "report": "report", "experiment": "runner", "launch": "runner",
-            "overrides": "runner"}.get(part, part)
+    if module in RUNNER:
+        return "runner"
+    if module in ("fishtune.runner.config", "fishtune.runner.results"):
+        return module.rsplit(".", 1)[1]
+    return module.split(".")[1]
 
 
 def modules() -> dict[str, Path]:

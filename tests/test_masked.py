@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune.masked import MaskedAdamW, apply_mask, merge, trainable_count
+from fishtune.core.masked import MaskedAdamW, apply_mask, merge, trainable_count
+from fishtune.core.selection import Selector, fish_mask
 from fishtune.models import head_names
-from fishtune.selection import Selector, fish_mask
 
 
 def _check(model, pretrained, mask, head):
@@ -70,7 +70,7 @@ def test_gradient_is_the_dense_gradient_at_the_mask_and_nothing_dense_is_kept(ar
     backwards); afterwards no masked tensor holds a dense gradient, and the forward is the dense one."""
     import copy
 
-    from fishtune.masked import masked_tensors
+    from fishtune.core.masked import masked_tensors
 
     model = tiny_model(arch)
     head = head_names(model)

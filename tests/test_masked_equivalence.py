@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune.masked import MaskedAdamW, apply_delta, apply_mask, save_delta
-from fishtune.masks import Mask
+from fishtune.core.masked import MaskedAdamW, apply_delta, apply_mask, save_delta
+from fishtune.core.masks import Mask
 from fishtune.models import head_names
 
 LR, WD, STEPS = 1e-2, 0.1, 4

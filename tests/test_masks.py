@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune.config import LadderConfig, SparsityConfig
-from fishtune.masks import Mask, num_selected, select_top_k
+from fishtune.core.masks import Mask, num_selected, select_top_k
+from fishtune.core.selection import Selector
 from fishtune.methods import Context, create
 from fishtune.models import head_names
-from fishtune.selection import Selector
+from fishtune.runner.config import LadderConfig, SparsityConfig
 
 
 def test_exact_count_and_ties_by_index():
@@ -96,7 +96,7 @@ def test_bitfit_selects_only_biases():
 
 
 def test_sparse_delta_for_another_model_or_corrupted(tmp_path):
-    from fishtune.masked import apply_delta, apply_mask, save_delta
+    from fishtune.core.masked import apply_delta, apply_mask, save_delta
 
     model = tiny_model("bert")
     mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)
@@ -118,7 +118,7 @@ def test_apply_delta_is_all_or_nothing(tmp_path):
     ValueError and leaves the model exactly as it was."""
     from safetensors.torch import load_file, save_file
 
-    from fishtune.masked import apply_delta, apply_mask, save_delta
+    from fishtune.core.masked import apply_delta, apply_mask, save_delta
 
     model = tiny_model("bert")
     mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)

@@ -1,6 +1,6 @@
 """fishtune.report: Table 2, ladder heatmaps, arrow counts, scaling, CLI, Hydra callback and notebook.
 
-Fast tests write synthetic result.json files with known scores (through fishtune.results.write_json, in the
+Fast tests write synthetic result.json files with known scores (through fishtune.runner.results.write_json, in the
 schema training writes) and check the data behind each picture; slow tests run a real tiny sweep with
 `run.py -m` and build the report (and the notebook) on it.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fishtune.results import SCHEMA, write_json
+from fishtune.runner.results import SCHEMA, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "src" / "fishtune" / "report"
@@ -176,7 +176,7 @@ def test_old_or_corrupted_results_are_one_line_each(tmp_path, caplog):
     import logging
 
     from fishtune.report.collect import collect
-    from fishtune.results import ResultError, RunResult, load_run
+    from fishtune.runner.results import ResultError, RunResult, load_run
 
     good = run(tmp_path, "rte", "ird", "ladder", cells={(2.5, 8): 0.6, (0.5, 4): 0.7})
     loaded = load_run(good)
@@ -191,7 +191,7 @@ def test_old_or_corrupted_results_are_one_line_each(tmp_path, caplog):
     for name, message in messages.items():
         with pytest.raises(ResultError, match=message):
             load_run(tmp_path / name / "result.json")
-    with caplog.at_level(logging.WARNING, logger="fishtune.results"):
+    with caplog.at_level(logging.WARNING, logger="fishtune.runner.results"):
         df = collect(tmp_path)
     assert set(df["path"]) == {str(good.parent)}
     lines = [r.getMessage() for r in caplog.records]
@@ -220,7 +220,7 @@ def test_callback_never_raises(tmp_path, table_sweep, capsys):
 
 
 def test_report_imports_nothing_heavy():
-    banned = {"torch", "transformers", "fishtune.train", "fishtune.methods", "fishtune.experiment"}
+    banned = {"torch", "transformers", "fishtune.train", "fishtune.methods", "fishtune.runner.experiment"}
     for path in REPORT.glob("*.py"):
         tree = ast.parse(path.read_text())
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, needs_minilm
 
-from fishtune.results import load_results, read_result
+from fishtune.runner.results import load_results, read_result
 
 TINY = ["model=tiny-bert", "train=debug", "data.max_train_samples=48", "data.max_eval_samples=16",
         "fisher.num_samples=8"]
@@ -228,7 +228,7 @@ def test_sweep_with_failed_jobs_exits_non_zero(tmp_path):
 def test_a_saved_mask_and_its_head_train_again(tmp_path):
     """Each masks file carries the head the Fisher saw; `mask.load=` trains that mask (same mask, same head:
     the same scores as the run that made it) and refuses a mask made for another model."""
-    from fishtune.masks import Mask
+    from fishtune.core.masks import Mask
 
     base = [*TINY, "task=glue/rte", "method=fish", "sparsity=0.5"]
     run([*base, "hydra.run.dir=made"], tmp_path, check=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fishtune.results import load_results, read_result
+from fishtune.runner.results import load_results, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 

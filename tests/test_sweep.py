@@ -1,6 +1,6 @@
 """A 2×2 sweep through `hydra/launcher=local` (submitit's local executor: real separate processes, tiny runs).
 
-It finishes with four `ok` results that `fishtune.results.load_results` reads; the same command run again
+It finishes with four `ok` results that `fishtune.runner.results.load_results` reads; the same command run again
 trains nothing (every job says "already complete"), counted from the submitit logs.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fishtune.results import load_results
+from fishtune.runner.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-bert", "train=debug", "data.max_train_samples=32", "data.max_eval_samples=16",

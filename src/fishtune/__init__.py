@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module; loaded on first use, so `import fishtune.report` or `fishtune.results` stays light
+# public name -> module; loaded on first use, so `import fishtune.report` or `fishtune.runner.results` stays
+# light
 _EXPORTS = {
-    "FisherResult": "fisher", "compute_fisher": "fisher", "per_sample_loss": "fisher",
-    "Cell": "ird", "fish_ladder": "ird", "grid": "ird", "ird_walk": "ird", "staircase": "ird",
-    "MaskedAdamW": "masked", "apply_delta": "masked", "apply_mask": "masked", "load_delta": "masked",
-    "merge": "masked", "masked_tensors": "masked", "save_delta": "masked", "sparse_delta": "masked",
-    "sync_weights": "masked", "trainable_count": "masked",
-    "Mask": "masks", "mask_from_names": "masks", "num_selected": "masks", "select_top_k": "masks",
+    **dict.fromkeys(["FisherResult", "compute_fisher", "per_sample_loss"], "core.fisher"),
+    **dict.fromkeys(["Cell", "fish_ladder", "grid", "ird_walk", "staircase"], "core.ird"),
+    **dict.fromkeys(["MaskedAdamW", "apply_delta", "apply_mask", "load_delta", "merge", "masked_tensors",
+                     "save_delta", "sparse_delta", "sync_weights", "trainable_count"], "core.masked"),
+    **dict.fromkeys(["Mask", "mask_from_names", "num_selected", "select_top_k"], "core.masks"),
     "head_names": "models",
-    "Selector": "selection", "draw_samples": "selection", "fish_mask": "selection",
+    **dict.fromkeys(["Selector", "draw_samples", "fish_mask"], "core.selection"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -45,9 +45,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
-    from .ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
-    from .masked import (  # noqa: F401
+    from .core.fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
+    from .core.ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
+    from .core.masked import (  # noqa: F401
         MaskedAdamW,
         apply_delta,
         apply_mask,
@@ -59,6 +59,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         sync_weights,
         trainable_count,
     )
-    from .masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
+    from .core.masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
+    from .core.selection import Selector, draw_samples, fish_mask  # noqa: F401
     from .models import head_names  # noqa: F401
-    from .selection import Selector, draw_samples, fish_mask  # noqa: F401

@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from ..config import ConfigError, LadderConfig, SparsityConfig
-from ..masks import Mask
-from ..selection import Selector
+from ..core.masks import Mask
+from ..core.selection import Selector
+from ..runner.config import ConfigError, LadderConfig, SparsityConfig
 
 __all__ = ["Plan", "StepHook", "Context", "Method", "register", "get", "names", "create"]
 
@@ -86,7 +86,7 @@ class Method:
     @classmethod
     def cell_names(cls, sparsity: SparsityConfig, ladder: LadderConfig) -> list[str]:
         """The cells a job of this method will train, known from the config alone."""
-        from ..ird import cell_name, grid, staircase
+        from ..core.ird import cell_name, grid, staircase
 
         if sparsity.mode == "single":
             return ["main"]

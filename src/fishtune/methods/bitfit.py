@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..masks import mask_from_names
+from ..core.masks import mask_from_names
 from .base import Context, Method, Plan, register
 
 

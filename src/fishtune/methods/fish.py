@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ird import fish_ladder, grid, staircase
+from ..core.ird import fish_ladder, grid, staircase
 from .base import Context, Method, Plan, register
 
 

@@ -15,7 +15,7 @@ adapter's up-projection start at zero, so without warm-up A's / the down-project
 and the Fisher is in effect "B only": ``warmup_steps: 0`` gives that reading, recorded), compute the
 empirical Fisher over the adapter's parameters only, and keep its top-k entries, k = the budget. Training
 (`Plan.wrap`) wraps the fresh pretrained model the same way (same seed: same initial adapter values, not
-the warmed-up ones), then `fishtune.masked.apply_mask` makes the k selected adapter entries (and the head)
+the warmed-up ones), then `fishtune.core.masked.apply_mask` makes the k selected adapter entries (and the head)
 the only trainable values. `Plan.mask` is None (the mask names parameters that exist only after wrapping):
 the trainable count is read from requires_grad and equals the plain LoRA's; the mask's sha256 is recorded.
 
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from ..fisher import compute_fisher
-from ..masked import apply_mask
-from ..masks import select_top_k
+from ..core.fisher import compute_fisher
+from ..core.masked import apply_mask
+from ..core.masks import select_top_k
+from ..runner.config import ConfigError
 from .base import Context, Method, Plan, register
 from .lora import per_rank, target_modules_of
 
@@ -153,7 +153,7 @@ def _warm_up(model: nn.Module, sel, indices: list[int], steps: int, lr: float, s
     """``steps`` AdamW steps on the trainable parameters (adapter + head), eval mode, batches cycled."""
     if steps == 0:
         return []
-    from ..fisher import per_sample_loss
+    from ..core.fisher import per_sample_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -1,6 +1,6 @@
 """IRD and reverse IRD (Dong et al. 2024, Algorithm 1 and Eq. 5-6) as methods: one plan per visited cell.
 
-Both names live in this module because they are one walk in two directions (`fishtune.ird.ird_walk`).
+Both names live in this module because they are one walk in two directions (`fishtune.core.ird.ird_walk`).
 Options recorded in every result: ``nested`` (the candidate range shrinks, default) and ``reverse``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ird import ird_walk
+from ..core.ird import ird_walk
 from .base import Context, Method, Plan, register
 
 

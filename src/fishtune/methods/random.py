@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..masks import select_top_k
+from ..core.masks import select_top_k
 from .base import Context, Method, Plan, random_scores, register
 
 

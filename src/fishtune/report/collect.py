@@ -1,7 +1,7 @@
 """Collect result.json files into the tidy table every report figure is drawn from.
 
 `collect(*roots)` reads one or more folders (a multirun, several multiruns, Slurm outputs) through
-`fishtune.results.load_results` and adds the columns the report needs:
+`fishtune.runner.results.load_results` and adds the columns the report needs:
 
 - ``nominal_ratio``: the parameter ratio (percent) a row was asked for: the cell's ratio, else the job's
   sparsity when it is a number (failed/skipped jobs carry only the sparsity name), else NaN;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fishtune.results import load_results
+from fishtune.runner.results import load_results
 
 # GLUE's own order; tasks not listed come after, alphabetically.
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")

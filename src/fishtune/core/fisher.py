@@ -8,7 +8,7 @@ a parameter set Q is φ_Q(i) = Σ_{p∈Q} g_i[p]².
 Two engines compute the g_i, both exact:
 - ``"loop"``: the reference, one backward per sample (batch size 1, padding stripped), as the FISH code.
 - ``"hooks"``: per-sample gradients of whole batches from layer inputs and output gradients
-  (`fishtune._persample`); used by ``"auto"`` when every parameter in scope lives in a supported layer.
+  (`fishtune.core._persample`); used by ``"auto"`` when every parameter in scope lives in a supported layer.
 The model runs in eval() mode (no dropout) unless ``dropout=True``; F accumulates in float32, φ in float64.
 
 ``precision`` (both engines; the default is the exact one):

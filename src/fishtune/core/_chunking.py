@@ -1,4 +1,4 @@
-"""How the hooks engine (`fishtune._persample`) cuts a batch into chunks: the chunk size from a memory
+"""How the hooks engine (`fishtune.core._persample`) cuts a batch into chunks: the chunk size from a memory
 budget, rows grouped by length so that chunks carry little padding, each chunk compacted to right padding and
 moved to the model's device without blocking on CUDA."""
 

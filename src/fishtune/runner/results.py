@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path
+from ..core.files import atomic_path
 
 SCHEMA = 2  # 2: written through RunResult/CellResult (1: hand-assembled dicts, not read any more)
 STATUSES = ("ok", "skipped", "failed")

@@ -1,4 +1,4 @@
-"""The per-sample loss both Fisher engines differentiate (`fishtune.fisher`, `fishtune._persample`), and
+"""The per-sample loss both Fisher engines differentiate (`fishtune.core.fisher`, `fishtune.core._persample`), and
 the keys of a collated batch that run along the sequence."""
 
 from __future__ import annotations

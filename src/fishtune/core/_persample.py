@@ -25,7 +25,7 @@ float32, φ float64 (float32 on devices without it).
 While a chunk runs, the scored parameters have ``requires_grad=False`` and hooked outputs are made to
 require grad, so autograd builds no batch-summed parameter gradient at all (no dense embedding gradient).
 A parameter's g_i is squared only once all its calls in the forward have contributed (shared weights).
-How a batch becomes chunks is `fishtune._chunking`: rows grouped by length (longest first; on CPU cut where
+How a batch becomes chunks is `fishtune.core._chunking`: rows grouped by length (longest first; on CPU cut where
 padding costs more than a chunk), each chunk compacted to right padding on the batch's own device (left
 padding would shift absolute positions that the batch-size-1 loop never sees; padded positions then get an
 exactly zero output gradient and never leak) and moved to the model without blocking. Memory per chunk is

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
+from ..core.masked import apply_mask, merge, save_delta, trainable_count
+from ..core.selection import Selector
+from ..data.glue import DataUnavailable, load_task, tokenize
+from ..methods import Context, Plan, create
+from ..models import ModelUnavailable, load_model
+from ..train.loop import NonFiniteLoss, fit, planned_steps
 from .config import ConfigError, RunConfig
-from .data.glue import DataUnavailable, load_task, tokenize
-from .masked import apply_mask, merge, save_delta, trainable_count
-from .methods import Context, Plan, create
-from .models import ModelUnavailable, load_model
 from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
-from .selection import Selector
-from .train.loop import NonFiniteLoss, fit, planned_steps
 
 __all__ = ["run_experiment", "config_hash", "resolve_device"]
 
@@ -74,7 +74,7 @@ def _versions() -> dict[str, str]:
 def fishtune_commit() -> str:
     """fishtune's own git commit: only when this package lies in a checkout whose root holds it as
     ``src/fishtune`` (a copy inside another repository must not record that repository's commit)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # <root>/src/fishtune/runner/experiment.py
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=root)
@@ -255,7 +255,7 @@ def _check_model(rc: RunConfig, method, model) -> None:
 def _loaded_plan(path: str, model, num_params: int) -> list[Plan]:
     """`mask.load`: the saved mask as the one plan, its head loaded into the model (ValueError when the
     file is not a mask or does not fit the model)."""
-    from .masks import Mask
+    from ..core.masks import Mask
 
     mask = Mask.load(path)
     mask.check_model(model)
