@@ -78,7 +78,7 @@ def test_missing_files_offline(tmp_path):
 def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch, compose):
     import torch
 
-    from fishtune import experiment
+    from fishtune.runner import experiment
     from fishtune.runner.config import validate
     from fishtune.runner.results import read_result
 

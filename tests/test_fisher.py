@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, needs_minilm
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune import _persample
+from fishtune.core import _persample
 from fishtune.core.fisher import compute_fisher
 from fishtune.core.masks import Mask
 
@@ -256,7 +256,7 @@ def test_precision_option_is_validated_and_fp32_is_the_default():
 
 @pytest.mark.parametrize("engine", ["hooks", "loop"])
 def test_tf32_sets_the_flag_only_inside_the_call(engine, monkeypatch):
-    from fishtune import fisher as fisher_module
+    from fishtune.core import fisher as fisher_module
 
     model = tiny_model("bert")
     batches = _batches("bert")
@@ -266,7 +266,7 @@ def test_tf32_sets_the_flag_only_inside_the_call(engine, monkeypatch):
         seen.append(torch.backends.cuda.matmul.allow_tf32)
         return real(*args, **kwargs)
 
-    from fishtune import _persample
+    from fishtune.core import _persample
 
     monkeypatch.setattr(fisher_module, "per_sample_loss", spy)  # the loop engine's
     monkeypatch.setattr(_persample, "per_sample_loss", spy)  # the hooks engine's
