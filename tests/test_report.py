@@ -288,3 +288,39 @@ def test_notebook_runs(real_sweep, tmp_path):
         del os.environ["FISHTUNE_SWEEP"]
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 1
+
+
+def _ladders(root, diff: float, seeds=(1, 2, 3, 4, 5, 6), noise: float = 0.01):
+    """fish and ird ladders on rte, seeds paired; ird = fish + ``diff`` + seeded noise."""
+    import random
+
+    rng = random.Random(0)
+    cells = [(2.5, 8), (2.5, 4), (0.5, 4)]
+    for s in seeds:
+        base = {c: 0.6 + rng.uniform(-0.05, 0.05) for c in cells}
+        run(root, "rte", "fish", "ladder", seed=s, cells=base)
+        run(root, "rte", "ird", "ladder", seed=s, cells={c: v + diff + rng.gauss(0, noise) for c, v in base.items()})
+
+
+@pytest.mark.parametrize("diff,verdict", [(0.05, "ird better"), (-0.05, "ird worse"), (0.0, "within noise")])
+def test_ird_vs_fish_finds_a_planted_difference_and_none_where_there_is_none(tmp_path, diff, verdict):
+    from fishtune.report.collect import collect
+    from fishtune.report.stats import paired_test, verdicts
+
+    _ladders(tmp_path, diff)
+    v = verdicts(collect(tmp_path))
+    assert list(v["verdict"]) == [verdict] and int(v["n"].iloc[0]) == 6 and int(v["cells"].iloc[0]) == 3
+    if diff:
+        assert v["ci_low"].iloc[0] < diff < v["ci_high"].iloc[0]
+        assert v["p"].iloc[0] == pytest.approx(2 / 64)  # all six seeds agree: the exact two-sided minimum
+    t = paired_test([0.1, 0.1, 0.1])  # three seeds can never pass a 5 % sign-flip test
+    assert t["p"] == pytest.approx(0.25)
+
+
+def test_report_writes_the_verdicts(tmp_path):
+    _ladders(tmp_path, 0.05, seeds=(1, 2, 3))
+    from fishtune.report.build import build_report
+
+    build_report(tmp_path, formats=("png",))
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "ird vs fish beyond noise" in readme and "needs more seeds" in readme

@@ -1,8 +1,9 @@
 """Build the whole report of one or more result folders into one output folder.
 
 `build_report(roots, out)` writes results.csv, status.csv, problems.csv, the ladder heatmaps (PNG + PDF per
-task/model and combined), arrows.csv/.md, table2.md/.tex/.csv, the scaling plot when there are grid runs, and
-a README.md that links them; it returns the list of files written (the CLI and the Hydra callback print it).
+task/model and combined), arrows.csv/.md, table2.md/.tex/.csv, the scaling plot when there are grid runs,
+ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`) and a README.md that links them; it returns the
+list of files written (the CLI and the Hydra callback print it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ matplotlib.use("Agg")  # batch drawing (CLI, Hydra callback); the figures themse
 from .collect import collect, problems, status_counts  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
 from .scaling import scaling_data, write_scaling  # noqa: E402
+from .stats import PAIR, verdicts, verdicts_markdown  # noqa: E402
 from .table import table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
 
 
@@ -53,12 +55,14 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     text("table2.csv", table2_csv(long))
 
     written += write_scaling(scaling_data(df), out, formats=formats)
+    verdict = verdicts(df, *PAIR)
+    text("ird_vs_fish.csv", verdict.to_csv(index=False))
     seconds = time.perf_counter() - t0
-    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds))
+    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict))
     return written
 
 
-def _readme(roots, df, counts, bad, arrows, long, written, seconds) -> str:
+def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict) -> str:
     runs = df["run"].nunique()
     n = {s: int(counts[s].sum()) for s in ("ok", "skipped", "failed")} if not counts.empty else {}
     lines = ["# fishtune report", "",
@@ -76,5 +80,7 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds) -> str:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     if not arrows.empty:
         lines += ["## Arrow counts", "", arrows_markdown(arrows)]
+    if not verdict.empty:
+        lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR)]
     lines += ["## Table 2", "", table2_markdown(long)]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,89 @@
+"""IRD against FISH beyond noise: paired differences over seeds, per ladder cell and per task.
+
+The same seed gives FISH and IRD the same initial sample draw and the same head, so each seed is one pair.
+Per cell, the difference right − left (IRD − FISH by default) over the seeds that finished both; per task,
+each seed's mean difference over the cells both finished (cells of one seed are not independent, seeds are),
+then a 95 % t interval of the mean and an exact two-sided sign-flip permutation p-value. Verdict per task:
+``better``/``worse`` when the interval excludes 0 and p < alpha, else ``within noise``. With 3 seeds the
+smallest exact p is 0.25: a verdict then needs more seeds, and the table says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+
+from .collect import PAIRS
+
+__all__ = ["paired_cells", "paired_test", "verdicts", "verdicts_markdown"]
+
+
+def paired_cells(df: pd.DataFrame, left: str = "fish", right: str = "ird") -> pd.DataFrame:
+    """One row per (model, task, cell, seed) that both methods finished: ``left``, ``right``, ``diff``."""
+    ok = df[(df["status"] == "ok") & df["score"].notna() & (df["kind"] == "ladder")]
+    keys = ["model", "task", "cell", "seed"]
+    a = ok[ok["method"] == left][keys + ["score"]].rename(columns={"score": "left"})
+    b = ok[ok["method"] == right][keys + ["score"]].rename(columns={"score": "right"})
+    out = a.merge(b, on=keys)
+    out["diff"] = out["right"] - out["left"]
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def paired_test(diffs, rounds: int = 20000, seed: int = 0) -> dict[str, float]:
+    """n, mean, 95 % t interval and the two-sided sign-flip permutation p of paired differences (exact up to
+    16 pairs, else ``rounds`` seeded random flips)."""
+    from scipy import stats
+
+    d = np.asarray(list(diffs), dtype=float)
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+    mean = float(d.mean())
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    else:
+        half = math.inf
+    observed = abs(d.sum())
+    if n <= 16:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+    else:
+        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(rounds, n))
+    p = float((np.abs(signs @ d) >= observed - 1e-12).mean())
+    return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p}
+
+
+def verdicts(df: pd.DataFrame, left: str = "fish", right: str = "ird", alpha: float = 0.05) -> pd.DataFrame:
+    """One row per (model, task): the seeds' mean differences over shared cells, their test and a verdict."""
+    pairs = paired_cells(df, left, right)
+    rows = []
+    for (model, task), g in pairs.groupby(["model", "task"], sort=True):
+        per_seed = g.groupby("seed")["diff"].mean()
+        t = paired_test(per_seed.values)
+        excludes = t["ci_low"] > 0 or t["ci_high"] < 0
+        if excludes and t["p"] < alpha:
+            verdict = f"{right} better" if t["mean"] > 0 else f"{right} worse"
+        else:
+            verdict = "within noise"
+        floor = 2.0 / 2 ** t["n"] if t["n"] else math.nan  # the smallest exact two-sided p with n seeds
+        rows.append({"model": model, "task": task, "cells": g["cell"].nunique(), **t, "verdict": verdict,
+                     "min_p": floor})
+    return pd.DataFrame(rows, columns=["model", "task", "cells", "n", "mean", "ci_low", "ci_high", "p", "verdict",
+                                       "min_p"])
+
+
+def verdicts_markdown(v: pd.DataFrame, left: str = "fish", right: str = "ird") -> str:
+    if v.empty:
+        return f"No ladder cells that both {left} and {right} finished with the same seed.\n"
+    lines = [f"| model | task | cells | seeds | mean {right} − {left} | 95 % CI | p (sign-flip) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in v.itertuples():
+        note = f" (needs more seeds: p ≥ {r.min_p:.2g})" if r.verdict == "within noise" and r.min_p >= 0.05 else ""
+        lines.append(f"| {r.model} | {r.task} | {r.cells} | {r.n} | {r.mean:+.4f} | [{r.ci_low:+.4f}, "
+                     f"{r.ci_high:+.4f}] | {r.p:.3g} | {r.verdict}{note} |")
+    return "\n".join(lines) + "\n"
+
+
+PAIR = PAIRS[0]  # (fish, ird): the comparison the paper makes
