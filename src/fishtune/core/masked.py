@@ -44,13 +44,12 @@ STATE = "fishtune_masked"  # the submodule `apply_mask` adds to the model
 
 @dataclass
 class _Segment:
-    """One masked tensor inside its group: entries ``start:start+numel`` of the flat weight buffer, its
+    """One masked tensor inside its group: entries from ``start`` of the flat weight buffer, its
     selected flat ``indices``, and their slots ``offset:offset+count`` of the group's ``delta``."""
 
     name: str
     shape: tuple[int, ...]
     start: int
-    numel: int
     indices: torch.Tensor
     offset: int
     weight: torch.Tensor  # the model's tensor: a leaf view of the flat buffer holding W0 + delta
@@ -65,18 +64,18 @@ class _Segment:
 class _Group:
     """Masked tensors of one device and dtype: one flat weight buffer, one trainable ``delta``."""
 
-    def __init__(self, items, delta: nn.Parameter | None = None) -> None:
+    def __init__(self, items) -> None:
         self.flat = torch.cat([p.detach().reshape(-1) for _, p, _ in items])
         self.segments: list[_Segment] = []
         start = offset = 0
         for name, p, idx in items:
             idx = idx.to(device=p.device, dtype=torch.long)
             w = self.flat[start:start + p.numel()].view(p.shape).detach().requires_grad_(True)
-            self.segments.append(_Segment(name, tuple(p.shape), start, p.numel(), idx, offset, w, []))
+            self.segments.append(_Segment(name, tuple(p.shape), start, idx, offset, w, []))
             start, offset = start + p.numel(), offset + idx.numel()
         self.index = torch.cat([s.start + s.indices for s in self.segments])
         self.base = self.flat[self.index].clone()  # W0 at the selected entries (weight decay, saving)
-        self.delta = delta if delta is not None else nn.Parameter(torch.zeros_like(self.base))
+        self.delta = nn.Parameter(torch.zeros_like(self.base))
         self.grad_buf: torch.Tensor | None = None
         self.written: set[int] = set()  # segments whose gradient reached delta.grad in this cycle
         self.trusted: int | None = None  # delta's version when `MaskedAdamW` last wrote it back

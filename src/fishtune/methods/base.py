@@ -86,12 +86,11 @@ class Method:
     @classmethod
     def cell_names(cls, sparsity: SparsityConfig, ladder: LadderConfig) -> list[str]:
         """The cells a job of this method will train, known from the config alone."""
-        from ..core.ird import cell_name, grid, staircase
+        from ..core.ird import cell_name
 
         if sparsity.mode == "single":
             return ["main"]
-        walk = staircase if sparsity.mode == "ladder" else grid
-        return [cell_name(r, n) for r, n in walk(ladder.samples, ladder.ratios)]
+        return [cell_name(r, n) for r, n in ladder_cells(sparsity, ladder)]
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ConfigError when an option does not fit ``model`` (called before any data is tokenised)."""
@@ -177,6 +176,14 @@ def _typed(method: str, key: str, value: Any, hint: Any) -> Any:
         want = getattr(hint, "__name__", str(hint)) + (" or null" if optional else "")
         raise ConfigError(f"method.{key} must be {want} for method {method}, got {value!r}")
     return value
+
+
+def ladder_cells(sparsity: SparsityConfig, ladder: LadderConfig) -> list[tuple[float, int]]:
+    """(ratio, samples) of every cell a ladder or grid sparsity visits (`staircase`/`grid` of the ladder)."""
+    from ..core.ird import grid, staircase
+
+    walk = staircase if sparsity.mode == "ladder" else grid
+    return walk(ladder.samples, ladder.ratios)
 
 
 def _mode_error(cls: type[Method] | None, sparsity: SparsityConfig) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.ird import fish_ladder, grid, staircase
-from .base import Context, Method, Plan, register
+from ..core.ird import fish_ladder
+from .base import Context, Method, Plan, ladder_cells, register
 
 
 @register("fish")
@@ -25,8 +25,7 @@ class Fish(Method):
         if mode == "single":
             cells = [(r, ctx.num_samples) for r in ctx.ratios()]
         else:
-            walk = staircase if mode == "ladder" else grid
-            cells = walk(ctx.ladder.samples, ctx.ladder.ratios)
+            cells = ladder_cells(ctx.sparsity, ctx.ladder)
         out = []
         for c in fish_ladder(sel, cells, ctx.seed):
             name = "main" if mode == "single" else c.name

@@ -43,14 +43,10 @@ NOT_IN_KEY_TRAIN = ("progress",)
 def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, plus the torch/transformers/peft versions), to tell finished work of the same job."""
-    import peft
-    import transformers
-
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
-    key["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                       "peft": peft.__version__}
+    key["versions"] = _library_versions()
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -62,13 +58,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _versions() -> dict[str, str]:
+def _library_versions() -> dict[str, str]:
+    """The versions that can change a result (part of the resume key, recorded in every result)."""
     import peft
     import transformers
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "peft": peft.__version__, "git": fishtune_commit()}
-    return out
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **_library_versions(), "git": fishtune_commit()}
 
 
 def fishtune_commit() -> str:

@@ -160,11 +160,8 @@ def cell_json(run: RunResult, cell: CellResult) -> dict[str, Any]:
 def read_cell(path: str | Path) -> CellResult | None:
     """The cell in a cell file, or None when it is missing or not valid."""
     try:
-        data = json.loads(Path(path).read_text())
-        if data.get("schema") != SCHEMA:
-            return None
-        return CellResult.from_json(data)
-    except (OSError, ValueError, TypeError, AttributeError):
+        return CellResult.from_json(_read(path)[0])
+    except ResultError:
         return None
 
 
@@ -184,8 +181,8 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def load_run(path: str | Path) -> RunResult:
-    """The `RunResult` in ``path``; ResultError with one line saying why it is not one."""
+def _read(path: str | Path) -> tuple[dict[str, Any], RunResult]:
+    """The file's content and its `RunResult` (a cell file's cell validated too); ResultError, one line."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
@@ -193,22 +190,26 @@ def load_run(path: str | Path) -> RunResult:
     except ValueError:
         raise ResultError(f"{path}: not JSON (truncated or corrupted)") from None
     try:
-        return RunResult.from_json(data)
+        run = RunResult.from_json(data)
+        if "cell" in data and "cells" not in data:  # a cell file: the run's header plus one cell
+            CellResult.from_json(data)
     except (ResultError, TypeError) as e:
         raise ResultError(f"{path}: {e}") from None
+    return data, run
+
+
+def load_run(path: str | Path) -> RunResult:
+    """The `RunResult` in ``path``; ResultError with one line saying why it is not one."""
+    return _read(path)[1]
 
 
 def read_result(path: str | Path) -> dict[str, Any] | None:
     """The result in ``path`` as plain data when it is complete and valid (validated by `RunResult`, cell
     files by `CellResult`), else None: missing, truncated, another schema, an ``ok`` without its score."""
     try:
-        data = json.loads(Path(path).read_text())
-        run = RunResult.from_json(data)
-        if "cell" in data and "cells" not in data and run.single:  # a cell file: the cell must be valid
-            CellResult.from_json(data)
-    except (OSError, ValueError, TypeError):
+        return _read(path)[0]
+    except ResultError:
         return None
-    return data
 
 
 def is_complete(path: str | Path, config_hash: str | None = None) -> bool:
