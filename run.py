@@ -74,7 +74,10 @@ def unwritable_run_dir(args: list[str]) -> str | None:
         from hydra import compose, initialize_config_dir
 
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            folder = Path(str(compose("config", overrides=args, return_hydra_config=True).hydra.run.dir))
+            hydra_cfg = compose("config", overrides=args, return_hydra_config=True).hydra
+            if str(hydra_cfg.get("mode")) == "MULTIRUN":  # an experiment file that sweeps: no single run folder
+                return None
+            folder = Path(str(hydra_cfg.run.dir))
     except Exception:  # noqa: BLE001 - a bad config is Hydra's (or validate's) to report
         return None
     try:

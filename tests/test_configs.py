@@ -91,3 +91,39 @@ def test_multirun_glob_expands_to_all_tasks(tmp_path):
         jobs = [line for line in out.stdout.splitlines() if line.startswith("dry run:")]
         assert len(jobs) == 18, out.stdout  # 2 methods x 9 tasks
         assert {j.split()[2] for j in jobs} == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
+
+
+@pytest.mark.parametrize("experiment", group_options(CONF, "experiment"))
+def test_experiment_file_is_one_command_and_lists_its_jobs(experiment, tmp_path):
+    """`run.py experiment=X dry_run=true` (no -m: the file sweeps) validates and lists every job of its grid."""
+    import yaml
+
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    assert text.startswith("# @package _global_\n# "), "an experiment file says what it reproduces"
+    grid = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
+    expected = 1
+    for values in grid.values():
+        expected *= len(str(values).split(","))
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), f"experiment={experiment}", "dry_run=true"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    jobs = [line for line in out.stdout.splitlines() if line.startswith("dry run:")]
+    assert len(jobs) == expected, out.stdout
+    assert not (tmp_path / "outputs" / "runs").exists()  # no single-run folder made for a sweeping file
+
+
+@pytest.mark.slow
+def test_cpu_experiment_runs_and_resumes(tmp_path):
+    """repro_minilm_cpu's own settings (ladder sparsity for every method, sparse_lr), shrunk to a tiny model
+    and one task: it trains every job, and the same command again trains nothing."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "experiment=repro_minilm_cpu", "model=tiny-bert",
+           "hydra.sweeper.params.seed=1", "hydra.sweeper.params.task=glue/rte",
+           "hydra.sweeper.params.method='dense,random'", "data.max_train_samples=32", "data.max_eval_samples=16",
+           "train.epochs=1", "ladder.samples=[8,4]", "ladder.ratios=[5,1]", "fisher.num_samples=8"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep = tmp_path / "outputs" / "multirun" / "repro_minilm_cpu" / "rte" / "tiny-bert"
+    assert sorted(p.stem for p in (sweep / "random" / "ladder" / "seed1" / "cells").glob("*.json")) == ["r1", "r5"]
+    assert (sweep / "dense" / "ladder" / "seed1" / "result.json").is_file()
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("already complete") == 2, again.stdout

@@ -80,3 +80,27 @@ def test_method_trains_what_it_selects(name):
         for n in moved:
             changed = (now[n] != before[n]).reshape(-1).nonzero().squeeze(1)
             assert torch.isin(changed, plan.mask.indices[n]).all(), f"{name}: {n} moved outside the mask"
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CASES))
+def test_every_method_runs_under_a_ladder_sparsity(name):
+    """`sparsity=ladder` is one sweep for Table 2: walkers walk the staircase, a single-ratio method trains one
+    cell per ladder ratio (named r<ratio>) at that ratio, dense and BitFit their one cell."""
+    extra, _ = METHOD_CASES[name]
+    options = yaml.safe_load((CONF / "method" / f"{name}.yaml").read_text())
+    method = create({**options, **extra})
+    method.check_sparsity(LADDER)
+    model = tiny_model("bert")
+    sel = Selector(model, tiny_examples(16), collate, head=head_names(model), progress=False)
+    ctx = Context(sel, LADDER, LadderConfig(samples=[8, 4], ratios=[5.0, 1.0]), 8, 0, train_steps=2)
+    plans = method.plans(ctx)
+    cells = [p.cell for p in plans]
+    assert cells == method.cell_names(LADDER, ctx.ladder)
+    if method.ratio_fixed:
+        assert cells == ["main"]
+    elif "ladder" not in method.sparsity_modes:
+        assert cells == ["r5", "r1"] and [p.ratio for p in plans] == [5.0, 1.0]
+        if plans[0].mask is not None:
+            assert [p.mask.count for p in plans] == [sel.k(5.0), sel.k(1.0)]
+    else:
+        assert len(cells) > 2 and all(c.startswith(("r5-n", "r1-n")) for c in cells)  # the staircase's cells

@@ -19,14 +19,18 @@ import torch
 from .masks import Mask
 from .selection import Selector
 
-__all__ = ["Cell", "cell_name", "check_ladder", "staircase", "grid", "ird_walk", "fish_ladder"]
+__all__ = ["Cell", "cell_name", "ratio_name", "check_ladder", "staircase", "grid", "ird_walk", "fish_ladder"]
+
+
+def ratio_name(ratio: float) -> str:
+    """``r<ratio>``, the ratio as short as it stays exact (0.5, 2.5, 20; 0.5000001 kept whole)."""
+    short = f"{ratio:g}"
+    return f"r{short if float(short) == float(ratio) else repr(float(ratio))}"
 
 
 def cell_name(ratio: float, samples: int) -> str:
-    """``r<ratio>-n<samples>``, the ratio as short as it stays exact (0.5, 2.5, 20; 0.5000001 kept whole):
-    two cells never share a name."""
-    short = f"{ratio:g}"
-    return f"r{short if float(short) == float(ratio) else repr(float(ratio))}-n{samples}"
+    """``r<ratio>-n<samples>``: two cells never share a name."""
+    return f"{ratio_name(ratio)}-n{samples}"
 
 
 @dataclass

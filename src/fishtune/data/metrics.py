@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compute_metrics", "headline"]
+__all__ = ["compute_metrics", "headline", "majority_score"]
 
 
 def compute_metrics(kind: str, predictions, labels) -> dict[str, float]:
@@ -41,3 +41,15 @@ def headline(kind: str, metrics: dict[str, float]) -> float:
     """The single score a task is ranked by (paper §5.2)."""
     key = {"accuracy": "accuracy", "matthews": "matthews_correlation"}.get(kind, "combined")
     return metrics[key]
+
+
+def majority_score(kind: str, train_labels, eval_labels) -> float:
+    """The headline score of always predicting the training set's most frequent label (regression: its
+    mean, whose correlation counts as 0): the floor a model must clear to have learned anything."""
+    train = np.asarray(train_labels)
+    if kind == "pearson_spearman":
+        guess = float(train.mean())
+    else:
+        values, counts = np.unique(train, return_counts=True)
+        guess = values[int(counts.argmax())]
+    return headline(kind, compute_metrics(kind, np.full(len(eval_labels), guess), eval_labels))

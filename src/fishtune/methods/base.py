@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..core.ird import cell_name, grid, ratio_name, staircase
 from ..core.masks import Mask
 from ..core.selection import Selector
 from ..runner.config import ConfigError, LadderConfig, SparsityConfig
@@ -56,17 +57,23 @@ class Context:
         return self.selector.model
 
     def ratios(self) -> list[float]:
-        """The ratio of a single-sparsity job (methods that walk no cells)."""
-        if self.sparsity.mode != "single":
-            raise ConfigError(_mode_error(None, self.sparsity))
-        return [float(self.sparsity.ratio)]
+        """The ratios a method that walks no cells trains at: the job's one ratio, or under a ladder or grid
+        sparsity each distinct ratio of the ladder (one cell each, so one sweep gives every Table 2 row)."""
+        if self.sparsity.mode == "single":
+            return [float(self.sparsity.ratio)]
+        return ladder_ratios(self.ladder)
+
+    def cell(self, ratio: float) -> str:
+        """The cell name of a per-ratio plan: ``main`` in a single-ratio job, else ``r<ratio>``."""
+        return "main" if self.sparsity.mode == "single" else ratio_name(ratio)
 
 
 class Method:
     """Base class: subclasses set `name`, `Config` (a dataclass) and implement `plans`.
 
     Capabilities, read by the runner and recorded in each result (no list of method names elsewhere):
-    ``sparsity_modes`` the sparsity kinds it accepts (``single`` ratio, ``ladder``, ``grid``);
+    ``sparsity_modes`` the sparsity kinds it walks (``single`` ratio, ``ladder``, ``grid``); a method that
+    walks only ``single`` trains, under a ladder or grid sparsity, one cell per ladder ratio (``r0.5``, ...);
     ``draws_fisher_samples`` it scores a sample set drawn from the training data (its size is checked
     against the training set before any work); ``ratio_fixed`` its trainable share does not follow
     ``sparsity`` (dense, BitFit: one Table 2 row at the measured ratio); ``reports_trained_count`` its step
@@ -86,10 +93,10 @@ class Method:
     @classmethod
     def cell_names(cls, sparsity: SparsityConfig, ladder: LadderConfig) -> list[str]:
         """The cells a job of this method will train, known from the config alone."""
-        from ..core.ird import cell_name
-
-        if sparsity.mode == "single":
+        if sparsity.mode == "single" or cls.ratio_fixed:
             return ["main"]
+        if sparsity.mode not in cls.sparsity_modes:  # a single-ratio method at each ladder ratio
+            return [ratio_name(r) for r in ladder_ratios(ladder)]
         return [cell_name(r, n) for r, n in ladder_cells(sparsity, ladder)]
 
     def check_model(self, model: nn.Module) -> None:
@@ -98,7 +105,7 @@ class Method:
     @classmethod
     def check_sparsity(cls, sparsity: SparsityConfig) -> None:
         """ConfigError in one line when this method cannot run ``sparsity`` (checked before any work)."""
-        if sparsity.mode not in cls.sparsity_modes:
+        if sparsity.mode not in cls.sparsity_modes and "single" not in cls.sparsity_modes:
             raise ConfigError(_mode_error(cls, sparsity))
 
     def plans(self, ctx: Context) -> list[Plan]:
@@ -180,18 +187,18 @@ def _typed(method: str, key: str, value: Any, hint: Any) -> Any:
 
 def ladder_cells(sparsity: SparsityConfig, ladder: LadderConfig) -> list[tuple[float, int]]:
     """(ratio, samples) of every cell a ladder or grid sparsity visits (`staircase`/`grid` of the ladder)."""
-    from ..core.ird import grid, staircase
-
     walk = staircase if sparsity.mode == "ladder" else grid
     return walk(ladder.samples, ladder.ratios)
 
 
-def _mode_error(cls: type[Method] | None, sparsity: SparsityConfig) -> str:
-    if cls is not None and sparsity.mode == "single":
-        walks = " or ".join(f"sparsity={m}" for m in cls.sparsity_modes)
-        return f"method={cls.name} walks a ladder: use {walks} (got sparsity={sparsity.name})"
-    able = ", ".join(n for n in names() if sparsity.mode in _REGISTRY[n].sparsity_modes)
-    return f"sparsity={sparsity.name} (a {sparsity.mode}) needs a method that walks cells: {able}"
+def ladder_ratios(ladder: LadderConfig) -> list[float]:
+    """The distinct ratios of the ladder, in its order (largest first)."""
+    return list(dict.fromkeys(float(r) for r in ladder.ratios))
+
+
+def _mode_error(cls: type[Method], sparsity: SparsityConfig) -> str:
+    walks = " or ".join(f"sparsity={m}" for m in cls.sparsity_modes)
+    return f"method={cls.name} walks a ladder: use {walks} (got sparsity={sparsity.name})"
 
 
 def random_scores(model: nn.Module, names: list[str], seed: int) -> dict[str, torch.Tensor]:

@@ -139,7 +139,7 @@ class DiffPruning(Method):
                     "init_from_diff": cfg.init_from_diff, "diff_loss_first_last": [losses[0], losses[-1]],
                     "diff_nonzero_before_pruning": nonzero, "zero_score_selected": _zeros(mask, scores)}
             wrap = _start_from(mask, delta, heads) if cfg.init_from_diff else None
-            out.append(Plan(cell="main", mask=mask, wrap=wrap, ratio=ratio, samples=len(indices), info=info))
+            out.append(Plan(cell=ctx.cell(ratio), mask=mask, wrap=wrap, ratio=ratio, samples=len(indices), info=info))
         return out
 
 

@@ -126,7 +126,7 @@ class _FishTuning(Method):
                         fisher_on="adapter after warm-up" if cfg.warmup_steps else "adapter at init (B/up only)",
                         zero_fisher=zero, adapter_params=size,
                         selected_per_kind=_per_kind(mask), mask_sha256=mask.sha256())
-            out.append(Plan(cell="main", wrap=_trainer(make, mask, head), ratio=ratio, samples=len(indices),
+            out.append(Plan(cell=ctx.cell(ratio), wrap=_trainer(make, mask, head), ratio=ratio, samples=len(indices),
                             info=info))
         return out
 

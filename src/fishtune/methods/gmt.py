@@ -104,7 +104,7 @@ class GMT(Method):
         for ratio in ctx.ratios():
             q = self.cfg.mask_ratio if self.cfg.mask_ratio is not None else 1 - ratio / 100
             hook = GradientMask(sel.universe_names, q, self.cfg.scope, self.cfg.accumulation)
-            out.append(Plan(cell="main", hook=hook, ratio=ratio,
+            out.append(Plan(cell=ctx.cell(ratio), hook=hook, ratio=ratio,
                             info={"gmt_mask_ratio": q, "gmt_scope": self.cfg.scope,
                                   "gmt_accumulation": self.cfg.accumulation,
                                   "gmt_mask_ratio_from_sparsity": self.cfg.mask_ratio is None}))

@@ -160,7 +160,7 @@ class ID3(Method):
             k = sel.k(ratio)
             hook = Unmasking(sel.universe_names, k, reach, self.cfg.schedule, self.cfg.initial, self.cfg.explore,
                              self.cfg.beta)
-            out.append(Plan(cell="main", hook=hook, ratio=ratio,
+            out.append(Plan(cell=ctx.cell(ratio), hook=hook, ratio=ratio,
                             info={"id3_budget": k, "id3_budget_step": reach, "id3_train_steps": steps,
                                   "id3_schedule": self.cfg.schedule, "id3_initial": self.cfg.initial,
                                   "id3_explore": self.cfg.explore, "id3_beta": self.cfg.beta}))

@@ -63,7 +63,7 @@ class LoRA(Method):
         out = []
         for ratio in ctx.ratios():
             r = self.cfg.r or max(1, round(ctx.selector.k(ratio) / unit))
-            out.append(Plan(cell="main", wrap=self._wrapper(r, targets), ratio=ratio,
+            out.append(Plan(cell=ctx.cell(ratio), wrap=self._wrapper(r, targets), ratio=ratio,
                             info={"lora_r": r, "lora_alpha": self.cfg.alpha, "target_modules": targets}))
         return out
 

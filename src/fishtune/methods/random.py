@@ -17,5 +17,5 @@ class RandomMask(Method):
     def plans(self, ctx: Context) -> list[Plan]:
         sel = ctx.selector
         scores = random_scores(ctx.model, sel.candidate_names, ctx.seed)
-        return [Plan(cell="main", mask=select_top_k(scores, sel.k(r), scope=sel.mask_scope), ratio=r)
+        return [Plan(cell=ctx.cell(r), mask=select_top_k(scores, sel.k(r), scope=sel.mask_scope), ratio=r)
                 for r in ctx.ratios()]

@@ -1,9 +1,11 @@
 """Build the whole report of one or more result folders into one output folder.
 
 `build_report(roots, out)` writes results.csv, status.csv, problems.csv, the ladder heatmaps (PNG + PDF per
-task/model and combined), arrows.csv/.md, table2.md/.tex/.csv, the scaling plot when there are grid runs,
-ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`) and a README.md that links them; it returns the
-list of files written (the CLI and the Hydra callback print it).
+task/model and combined), arrows.csv/.md, table2.md/.tex/.csv (with the majority-class row), the paper's
+Table 2 beside ours (paper.md), the training curves (curves.csv + figure), the scaling plot when there are grid
+runs, ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`) and a README.md that links them, opened
+by a root's NOTES.md when it has one (the protocol, in words; every number comes from the results); it returns
+the list of files written (the CLI and the Hydra callback print it).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # batch drawing (CLI, Hydra callback); the figures themselves are plain Figure objects
 
-from .collect import collect, problems, status_counts  # noqa: E402
+from .collect import TASK_ORDER, collect, ordered, problems, status_counts, task_name  # noqa: E402
+from .curves import write_curves  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
+from .paper import paper_beside_ours  # noqa: E402
 from .scaling import scaling_data, write_scaling  # noqa: E402
 from .stats import PAIR, verdicts, verdicts_markdown  # noqa: E402
-from .table import table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
+from .table import lr_markdown, table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
 
 
 def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -> list[Path]:
@@ -37,7 +41,7 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
         path.write_text(content)
         written.append(path)
 
-    text("results.csv", df.drop(columns=["run"]).to_csv(index=False))
+    text("results.csv", df.drop(columns=["run", "history"]).to_csv(index=False))
     counts = status_counts(df)
     text("status.csv", counts.to_csv(index=False))
     bad = problems(df)
@@ -53,21 +57,45 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     text("table2.md", table2_markdown(long))
     text("table2.tex", table2_latex(long))
     text("table2.csv", table2_csv(long))
+    paper = "".join(f"### {model}\n\n{paper_beside_ours(long, model)}\n" for model in ordered(long["model"], ()))
+    text("paper.md", paper)
+    written += write_curves(df, out, formats=formats)
 
     written += write_scaling(scaling_data(df), out, formats=formats)
     verdict = verdicts(df, *PAIR)
     text("ird_vs_fish.csv", verdict.to_csv(index=False))
     seconds = time.perf_counter() - t0
-    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict))
+    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper))
     return written
 
 
-def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict) -> str:
+def where_it_ran(df) -> str:
+    """Markdown: per task and device, the runs, the cells trained and their wall time (from result.json)."""
+    df = df.assign(device=df["device"].fillna("not recorded"))
+    runs = df.drop_duplicates("run")
+    if runs.empty:
+        return ""
+    cells = df.groupby(["task", "device"]).size()
+    lines = ["| task | device | runs | cells | wall time (min) |", "|---|---|---:|---:|---:|"]
+    for (task, device), g in runs.groupby(["task", "device"]):
+        minutes = g["run_seconds"].sum() / 60
+        lines.append(f"| {task_name(task)} | {device} | {len(g)} | {cells[(task, device)]} | {minutes:.1f} |")
+    total = runs["run_seconds"].sum() / 60
+    lines.append(f"| all | | {len(runs)} | {len(df)} | {total:.1f} |")
+    missing = [task_name(t) for t in TASK_ORDER if t not in set(df["task"])]
+    if missing:
+        lines += ["", f"GLUE tasks with no result here: {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper) -> str:
     runs = df["run"].nunique()
     n = {s: int(counts[s].sum()) for s in ("ok", "skipped", "failed")} if not counts.empty else {}
-    lines = ["# fishtune report", "",
-             f"From {', '.join(str(r) for r in roots)}: {runs} runs ({', '.join(f'{v} {k}' for k, v in n.items())}), "
-             f"{len(df)} rows in results.csv; built in {seconds:.1f} s.", ""]
+    notes = [Path(r) / "NOTES.md" for r in roots if (Path(r) / "NOTES.md").is_file()]
+    lines = [notes[0].read_text().rstrip("\n")] if notes else ["# fishtune report"]
+    lines += ["", f"From {', '.join(str(r) for r in roots)}: {runs} runs "
+              f"({', '.join(f'{v} {k}' for k, v in n.items())}), {len(df)} rows in results.csv; built in "
+              f"{seconds:.1f} s.", ""]
     if not bad.empty:
         lines += ["## Not finished", "", "| task | model | method | sparsity | seed | cell | status | reason |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -83,4 +111,13 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict) -> 
     if not verdict.empty:
         lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR)]
     lines += ["## Table 2", "", table2_markdown(long)]
+    if paper.strip():
+        lines += ["## The paper's Table 2 beside ours (ours / paper)", "",
+                  "The paper's rows are BERT-large, or BERT-base where marked (B); single runs on the full "
+                  "training sets.", "", paper]
+    if lrs := lr_markdown(df):
+        lines += ["## Learning rates", "", "Dev score ×100 of each method at each learning rate it ran with.", "",
+                  lrs]
+    if not df.empty:
+        lines += ["## Where it ran", "", where_it_ran(df)]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -32,13 +32,14 @@ METHOD_ORDER = ("dense", "bitfit", "random", "diff_pruning", "lora", "fish", "fi
 METHOD_NAMES = {"dense": "Dense Fine-tuning", "bitfit": "BitFit", "random": "Random Mask",
                 "diff_pruning": "Diff Pruning", "lora": "LoRA", "fish": "FISH Mask", "ird": "IRD",
                 "reverse_ird": "Reverse IRD", "fish_lora": "FISH+LoRA", "fish_adapter": "FISH+Adapter",
-                "gmt": "GMT", "id3": "ID3"}
+                "gmt": "GMT", "id3": "ID3", "majority": "Majority class"}
 # The (left, right) pairs the ladder heatmaps compare, in the order they are looked for.
 PAIRS = (("fish", "ird"), ("ird", "reverse_ird"))
 MISSING = "–"
 
 COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
-           "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed")
+           "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed", "majority", "device",
+           "run_seconds", "lr", "history")
 
 
 def collect(*roots: str | Path) -> pd.DataFrame:
@@ -54,7 +55,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
             df[col] = None
     df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
-    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio"):
+    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
     df["run"] = df["path"]

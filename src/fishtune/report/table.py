@@ -96,7 +96,18 @@ def table2_data(df: pd.DataFrame) -> pd.DataFrame:
     for _, g in out.groupby(["model", "task"]):
         if g["mean"].notna().any():
             out.loc[g.index[g["mean"] >= g["mean"].max() - TOL], "best"] = True
-    return out[LONG_COLUMNS]
+    return pd.concat([out[LONG_COLUMNS], _majority_rows(df)], ignore_index=True)
+
+
+def _majority_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One "majority" row per model and task: the dev score of always predicting the training set's most
+    frequent label (recorded by each run; the mean over runs, which differ only in their data subsets)."""
+    runs = df.drop_duplicates("run").dropna(subset=["majority"])
+    rows = [{"model": model, "method": "majority", "ratio_key": "baseline", "params_ratio": math.nan, "task": task,
+             "mean": g["majority"].mean(), "std": math.nan, "n_ok": len(g), "n_failed": 0, "n_skipped": 0,
+             "seeds": "", "reasons": "", "text": f"{g['majority'].mean() * 100:.1f}", "best": False}
+            for (model, task), g in runs.groupby(["model", "task"])]
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
 def _row_order(long: pd.DataFrame) -> list[tuple[str, object]]:
@@ -194,3 +205,24 @@ def table2_latex(long: pd.DataFrame) -> str:
 def table2_csv(long: pd.DataFrame) -> str:
     """The long table as CSV (scores as fractions, not ×100; ``text`` is what the cell shows)."""
     return long.to_csv(index=False)
+
+
+def lr_markdown(df: pd.DataFrame) -> str:
+    """Markdown of a learning-rate sweep: the score of each method at each lr it ran with, per task and ratio
+    (only where some method ran with more than one lr); empty otherwise."""
+    ok = df[(df["status"] == "ok") & df["score"].notna() & df["lr"].notna()]
+    ok = ok.assign(ratio_key=[("own" if f else r) for f, r in zip(ok["ratio_fixed"], ok["nominal_ratio"])])
+    swept = ok.groupby(["model", "task", "method", "ratio_key"])["lr"].transform("nunique") > 1
+    if not swept.any():
+        return ""
+    sub = ok[ok.groupby(["model", "task"])["lr"].transform("nunique") > 1]
+    table = sub.pivot_table(index=["model", "task", "method", "ratio_key"], columns="lr", values="score",
+                            aggfunc="mean")
+    lrs = list(table.columns)
+    lines = ["| model | task | method | ratio | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|---|---|---|" + "---:|" * len(lrs)]
+    for (model, task, method, key), row in table.iterrows():
+        ratio = key if isinstance(key, str) else fmt_ratio(key)
+        lines.append(f"| {model} | {task_name(task)} | {method_name(method)} | {ratio} | "
+                     + " | ".join(MISSING if math.isnan(v) else f"{v * 100:.1f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"

@@ -166,6 +166,7 @@ class TrainConfig:
     batch_size: int = 32  # paper §5.3
     eval_batch_size: int = 64
     lr: float | None = None  # None: the task's learning rate
+    method_lr: dict[str, float] = field(default_factory=dict)  # lr per method name, over `lr` (tuned per method)
     weight_decay: float = 0.0
     scheduler: str = "linear"  # linear decay | constant
     warmup_ratio: float = 0.0
@@ -185,6 +186,8 @@ class TrainConfig:
         _check(self.scheduler in ("linear", "constant"),
                f"train.scheduler must be linear|constant, got {self.scheduler!r}")
         _check(self.lr is None or self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        for name, lr in self.method_lr.items():
+            _check(isinstance(lr, (int, float)) and lr > 0, f"train.method_lr.{name} must be > 0, got {lr!r}")
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

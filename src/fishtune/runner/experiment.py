@@ -26,7 +26,8 @@ import torch
 from ..core.masked import apply_mask, merge, save_delta, trainable_count
 from ..core.selection import Selector
 from ..data.glue import DataUnavailable, load_task, tokenize
-from ..methods import Context, Plan, create
+from ..data.metrics import majority_score
+from ..methods import Context, Plan, create, names
 from ..models import ModelUnavailable, load_model
 from ..train.loop import NonFiniteLoss, fit, planned_steps
 from .config import ConfigError, RunConfig
@@ -151,6 +152,9 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
 def _check(rc: RunConfig):
     """The method, with everything the config alone can tell checked (options, sparsity, the cell)."""
     method = create(rc.method)
+    unknown = sorted(set(rc.train.method_lr) - set(names()))
+    if unknown:
+        raise ConfigError(f"train.method_lr.{unknown[0]}: not a method ({', '.join(names())})")
     if not rc.mask.load:  # a loaded mask is trained as it is, whatever the sparsity
         method.check_sparsity(rc.sparsity)
     cells = ["main"] if rc.mask.load else method.cell_names(rc.sparsity, rc.ladder)
@@ -168,6 +172,8 @@ def _prepare(rc: RunConfig, method, run: RunResult, result_path: Path, device) -
         write_unless_ok(result_path, replace(run, status="skipped", reason=str(e)).to_json())
         raise
     _check_sizes(rc, method, len(raw.train))
+    run.majority = float(sum(majority_score(rc.task.metric, raw.train["label"], ds["label"])
+                             for ds in raw.eval.values()) / len(raw.eval))
     torch.manual_seed(rc.seed)  # the task head's initialisation
     try:
         loaded = load_model(rc.model, rc.task.num_labels, device)
@@ -227,7 +233,7 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
             before_cell(plan.cell)
         merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        cell = _train_plan(rc, plan, prep, out, method.reports_trained_count)
+        cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count)
         (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
         if cell.status == "failed":
@@ -288,7 +294,7 @@ def _describe(plan: Plan) -> str:
     return ", ".join(bits) or "all parameters"
 
 
-def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, own_count: bool = False) -> CellResult:
+def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own_count: bool = False) -> CellResult:
     model, head, data, collate, device = prep.model, prep.head, prep.data, prep.collate, prep.device
     num_params = prep.selector.num_params
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
@@ -303,8 +309,12 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, own_count: bool = Fal
     what = dict(cell=plan.cell, ratio=plan.ratio, samples=plan.samples, trainable_params=trainable,
                 trainable_ratio=100.0 * trainable / num_params, mask_sha256=plan.info.get("mask_sha256"),
                 info={k: v for k, v in plan.info.items() if k != "mask_sha256"})
+    train_cfg = rc.train
+    if method_name in rc.train.method_lr:  # this method's own (tuned) learning rate
+        train_cfg = replace(rc.train, lr=float(rc.train.method_lr[method_name]))
+    what["info"]["lr"] = train_cfg.lr or rc.task.lr
     try:
-        tr = fit(train_model, data.train, data.eval, collate, rc.task, rc.train, device, rc.seed, hook=plan.hook)
+        tr = fit(train_model, data.train, data.eval, collate, rc.task, train_cfg, device, rc.seed, hook=plan.hook)
     except NonFiniteLoss as e:
         return CellResult(**what, status="failed", reason=str(e), failed_step=e.step)
     except torch.OutOfMemoryError:

@@ -95,6 +95,7 @@ class RunResult:
     versions: dict = field(default_factory=dict)
     device: str | None = None
     prompt: str | None = None
+    majority: float | None = None  # the dev score of predicting the training set's majority label
     total_params: int | None = None
     head_params: int | None = None
     fisher_engine: str | None = None
@@ -252,6 +253,9 @@ def load_results(root: str | Path, cells: bool = True):
             "reason": data.get("reason"),
             "path": str(path.parent),
             "ratio_fixed": data.get("ratio_fixed", False),  # the method's own trainable share (dense, BitFit)
+            "majority": data.get("majority"),  # the dev score of predicting the majority label
+            "device": data.get("device"),
+            "run_seconds": (data.get("timings") or {}).get("total_seconds"),
         }
         run_cells = data.get("cells") or []
         if cells and run_cells:
@@ -271,6 +275,8 @@ def _cell_row(c: dict[str, Any]) -> dict[str, Any]:
         "trainable_params": c.get("trainable_params"),
         "trainable_ratio": c.get("trainable_ratio"),
         "mask_sha256": c.get("mask_sha256"),
+        "lr": (c.get("info") or {}).get("lr"),
+        "history": c.get("history"),  # the dev evaluations during training (epoch, step, score)
     }
     for k, v in (c.get("metrics") or {}).items():
         row[f"metric.{k}"] = v

@@ -1,0 +1,94 @@
+"""The reproduction report's parts on synthetic results with known answers: the majority-class floor, the
+paper's Table 2 beside ours, the training curves, the learning-rate table and where each run ran."""
+
+from __future__ import annotations
+
+import pytest
+from test_report import run
+
+from fishtune.data.metrics import majority_score
+from fishtune.report.build import build_report, where_it_ran
+from fishtune.report.collect import collect
+from fishtune.report.curves import curve_data
+from fishtune.report.paper import paper_beside_ours, paper_score
+from fishtune.report.table import lr_markdown, table2_data
+from fishtune.runner.results import read_result, write_json
+
+
+def test_majority_score_per_metric():
+    assert majority_score("accuracy", [0, 0, 1], [0, 1, 1, 1]) == pytest.approx(0.25)
+    assert majority_score("matthews", [1, 1, 0], [0, 1, 1]) == 0.0
+    assert majority_score("f1_accuracy", [1, 1, 0], [1, 0]) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert majority_score("pearson_spearman", [1.0, 4.0], [0.5, 3.0, 2.0]) == 0.0  # a constant: no correlation
+
+
+def _with(path, **fields):
+    data = read_result(path)
+    data.update(fields)
+    write_json(path, data)
+
+
+def test_majority_row_is_listed_and_never_bold(tmp_path):
+    r = tmp_path / "s"
+    _with(run(r, "rte", "fish", "0.5", seed=1, score=0.50), majority=0.53)
+    _with(run(r, "rte", "dense", "0.5", seed=1, score=0.60, trainable_ratio=100.0), majority=0.55)
+    long = table2_data(collect(r))
+    row = long[long["method"] == "majority"].iloc[0]
+    assert row["mean"] == pytest.approx(0.54) and row["text"] == "54.0" and not row["best"]
+    assert long.loc[long["method"] == "dense", "best"].item()
+
+
+def test_paper_numbers_and_ours_beside_them(tmp_path):
+    assert paper_score("ird", 0.5, "rte") == (72.6, "bert-large")
+    assert paper_score("fish", 0.02, "cola") == (53.6, "bert-base")
+    assert paper_score("dense", "intrinsic", "mnli") == (pytest.approx(86.55), "bert-large")
+    assert paper_score("random", 0.1, "rte") is None and paper_score("fish", 0.5, "wnli") is None
+    r = tmp_path / "s"
+    run(r, "rte", "ird", "0.5", seed=1, score=0.70)
+    run(r, "rte", "ird", "0.5", seed=2, score=0.72)
+    run(r, "rte", "gmt", "0.5", score=0.6)  # no counterpart in the paper: not listed
+    md = paper_beside_ours(table2_data(collect(r)), "m")
+    assert "| IRD | 0.5% | BERT-large | 71.0 ± 1.4 / 72.6 |" in md and "GMT" not in md
+
+
+def test_curves_follow_the_best_cell_at_the_ratio_mean_over_seeds(tmp_path):
+    r = tmp_path / "s"
+    for seed, (a, b) in ((1, (0.5, 0.7)), (2, (0.6, 0.8))):
+        path = run(r, "rte", "fish", "ladder", seed=seed, cells={(2.5, 8): 0.9, (0.5, 8): b - 0.1, (0.5, 4): b})
+        data = read_result(path)
+        for c in data["cells"]:  # only the best 0.5 % cell has the curve (a, b); the others a flat 0
+            best = c["ratio"] == 0.5 and c["samples"] == 4
+            curve = ((1, a), (2, b)) if best else ((1, 0.0), (2, 0.0))
+            c["history"] = [{"epoch": e, "step": e, "score": s} for e, s in curve]
+        write_json(path, data)
+    dense = run(r, "rte", "dense", "0.5", seed=1, score=0.9, trainable_ratio=100.0)
+    _with(dense, history=[{"epoch": 1, "step": 1, "score": 0.85}, {"epoch": 2, "step": 2, "score": 0.9}])
+    data = curve_data(collect(r))
+    fish = data[data["method"] == "fish"].set_index("epoch")
+    assert fish.loc[1, "mean"] == pytest.approx(0.55) and fish.loc[2, "mean"] == pytest.approx(0.75)
+    assert fish.loc[2, "min"] == pytest.approx(0.7) and fish.loc[2, "n"] == 2
+    assert list(data.loc[data["method"] == "dense", "mean"]) == pytest.approx([0.85, 0.9])
+
+
+def test_learning_rate_table_and_where_it_ran(tmp_path):
+    r = tmp_path / "s"
+    for lr, score in ((1e-3, 0.7), (3e-3, 0.8)):
+        path = run(r / f"lr{lr}", "sst2", "lora", "0.5", score=score)
+        data = read_result(path)
+        data.update(info={"lr": lr}, device="cpu", timings={"total_seconds": 30.0})
+        write_json(path, data)
+    df = collect(r)
+    md = lr_markdown(df)
+    assert "| m | SST-2 | LoRA | 0.5% | 70.0 | 80.0 |" in md and "lr 0.003" in md
+    where = where_it_ran(df)
+    assert "| SST-2 | cpu | 2 | 2 | 1.0 |" in where and "RTE" in where.splitlines()[-1]
+    assert lr_markdown(collect(r / "lr0.001")) == ""  # one lr: no sweep table
+
+
+def test_notes_open_the_readme(tmp_path):
+    r = tmp_path / "s"
+    run(r, "rte", "fish", "0.5", score=0.7)
+    (r / "NOTES.md").write_text("# MiniLM reproduction\n\nProtocol in words.\n")
+    build_report(r, tmp_path / "out", formats=("png",))
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert readme.startswith("# MiniLM reproduction\n\nProtocol in words.\n") and "## Table 2" in readme
