@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -122,8 +123,11 @@ def test_cpu_experiment_runs_and_resumes(tmp_path):
            "train.epochs=1", "ladder.samples=[8,4]", "ladder.ratios=[5,1]", "fisher.num_samples=8"]
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
-    sweep = tmp_path / "outputs" / "multirun" / "repro_minilm_cpu" / "rte" / "tiny-bert"
+    sweep = tmp_path / "docs" / "report" / "runs" / "repro_minilm_cpu" / "rte" / "tiny-bert"
     assert sorted(p.stem for p in (sweep / "random" / "ladder" / "seed1" / "cells").glob("*.json")) == ["r1", "r5"]
-    assert (sweep / "dense" / "ladder" / "seed1" / "result.json").is_file()
+    dense = json.loads((sweep / "dense" / "ladder" / "seed1" / "result.json").read_text())
+    random = json.loads((sweep / "random" / "ladder" / "seed1" / "result.json").read_text())
+    assert 0 < dense["majority"] < 1 and dense["info"]["lr"] == 5e-5  # dense keeps the task's lr (§5.3)
+    assert [c["info"]["lr"] for c in random["cells"]] == [1e-2, 1e-2]  # the experiment's method_lr
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("already complete") == 2, again.stdout
