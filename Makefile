@@ -46,7 +46,15 @@ test-slurm: install ## the Slurm tests against a real one-node cluster on this m
 figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under outputs/multirun
 	@for d in outputs/multirun/*/; do $(PY) -m fishtune.report "$$d"; done
 
+report: install ## rebuild docs/report from the committed runs (docs/report/runs, docs/report/lr_sweep/runs)
+	$(PY) -m fishtune.report docs/report/runs --out docs/report --no-pdf
+	$(PY) -m fishtune.report docs/report/lr_sweep/runs --out docs/report/lr_sweep --no-pdf
+
+repro-cpu: install ## run (or resume) the MiniLM reproduction on this CPU into docs/report/runs, then make report
+	$(PY) run.py experiment=repro_minilm_cpu
+	$(MAKE) report
+
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache
 
-.PHONY: help install demo smoke test lint test-fast test-slurm figures clean
+.PHONY: help install demo smoke test lint test-fast test-slurm figures report repro-cpu clean

@@ -323,4 +323,6 @@ def test_report_writes_the_verdicts(tmp_path):
 
     build_report(tmp_path, formats=("png",))
     readme = (tmp_path / "report" / "README.md").read_text()
-    assert "ird vs fish beyond noise" in readme and "needs more seeds" in readme
+    assert "ird vs fish beyond noise" in readme and "| m | rte | 3 | 3 |" in readme
+    assert "ird better (t interval only: with 3 seeds the sign-flip p is ≥ 0.25)" in readme  # a 5-point gap
+    assert "| m | rte | r0.5-n4 | 3 | +0.0491 | [+0.0069, +0.0913] |" in readme  # the per-cell differences

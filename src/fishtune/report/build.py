@@ -22,7 +22,7 @@ from .curves import write_curves  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
 from .paper import paper_beside_ours  # noqa: E402
 from .scaling import scaling_data, write_scaling  # noqa: E402
-from .stats import PAIR, verdicts, verdicts_markdown  # noqa: E402
+from .stats import PAIR, cell_differences, cell_differences_markdown, verdicts, verdicts_markdown  # noqa: E402
 from .table import lr_markdown, table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
 
 
@@ -109,7 +109,9 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
     if not arrows.empty:
         lines += ["## Arrow counts", "", arrows_markdown(arrows)]
     if not verdict.empty:
-        lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR)]
+        per_cell = cell_differences_markdown(cell_differences(df, *PAIR), *PAIR)
+        lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR),
+                  "Per ladder cell:", "", per_cell]
     lines += ["## Table 2", "", table2_markdown(long)]
     if paper.strip():
         lines += ["## The paper's Table 2 beside ours (ours / paper)", "",
