@@ -244,3 +244,20 @@ def test_a_saved_mask_and_its_head_train_again(tmp_path):
     assert other.returncode != 0 and "made for another model" in other.stderr and "Traceback" not in other.stderr
     missing = run([*base, "mask.load=nope.safetensors", "hydra.run.dir=y"], tmp_path)
     assert "error: mask.load: no such file 'nope.safetensors'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_adapter_methods_train_every_ladder_ratio(tmp_path):
+    """LoRA, FISH+LoRA and FISH+Adapter change the model's modules: each ratio's cell must still start from
+    the pretrained model (the second cell used to fail to reset it), and a later cell is as if trained alone."""
+    common = ["model=tiny-bert", "task=glue/rte", "sparsity=ladder", "train=debug", "data.max_train_samples=32",
+              "data.max_eval_samples=16", "fisher.num_samples=8", "ladder.samples=[8,4]", "ladder.ratios=[5,1]"]
+    run(["-m", "method=lora,fish_lora,fish_adapter", *common, "name=adapters"], tmp_path, check=True)
+    df = load_results(tmp_path / "outputs" / "multirun" / "adapters")
+    methods = ("fish_adapter", "fish_lora", "lora")
+    assert sorted(zip(df.method, df.cell)) == [(m, c) for m in methods for c in ("r1", "r5")]
+    assert set(df.status) == {"ok"}
+    alone = run(["method=lora", *common, "cell=r1", "hydra.run.dir=alone"], tmp_path, check=True)
+    assert alone.returncode == 0
+    single = read_result(tmp_path / "alone" / "cells" / "r1.json")
+    assert single["score"] == df[(df.method == "lora") & (df.cell == "r1")]["score"].item()

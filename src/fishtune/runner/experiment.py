@@ -11,6 +11,7 @@ so a finished run or cell is found again whoever wrote it (a full ladder or a ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -233,7 +234,8 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
             before_cell(plan.cell)
         merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count)
+        later = plan is not plans[-1] and rc.cell is None  # another cell will start from this model
+        cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count, keep_model=later)
         (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
         if cell.status == "failed":
@@ -294,13 +296,19 @@ def _describe(plan: Plan) -> str:
     return ", ".join(bits) or "all parameters"
 
 
-def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own_count: bool = False) -> CellResult:
+def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own_count: bool = False,
+                keep_model: bool = False) -> CellResult:
+    """Train one plan's cell. An adapter wrap (LoRA, bottlenecks) changes the model's modules in place, so
+    with ``keep_model`` (a later cell starts from this model) it wraps a copy."""
     model, head, data, collate, device = prep.model, prep.head, prep.data, prep.collate, prep.device
     num_params = prep.selector.num_params
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
     if plan.mask is not None:
         apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head)
-    train_model = plan.wrap(model) if plan.wrap is not None else model
+    if plan.wrap is None:
+        train_model = model
+    else:
+        train_model = plan.wrap(copy.deepcopy(model) if keep_model and plan.mask is None else model)
     trainable = trainable_count(train_model)
     if not rc.mask.include_head:
         trainable -= head_count
