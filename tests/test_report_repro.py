@@ -20,6 +20,8 @@ def test_majority_score_per_metric():
     assert majority_score("matthews", [1, 1, 0], [0, 1, 1]) == 0.0
     assert majority_score("f1_accuracy", [1, 1, 0], [1, 0]) == pytest.approx((0.5 + 2 / 3) / 2)
     assert majority_score("pearson_spearman", [1.0, 4.0], [0.5, 3.0, 2.0]) == 0.0  # a constant: no correlation
+    # a mean whose float std is not exactly 0 (it was NaN on STS-B)
+    assert majority_score("pearson_spearman", [0.1, 0.2, 0.4, 3.3, 2.9], [0.5, 3.0, 2.0, 1.1, 4.2, 0.3]) == 0.0
 
 
 def _with(path, **fields):

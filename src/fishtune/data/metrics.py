@@ -29,7 +29,7 @@ def compute_metrics(kind: str, predictions, labels) -> dict[str, float]:
         acc, f1 = float(accuracy_score(refs, preds)), float(f1_score(refs, preds))
         return {"accuracy": acc, "f1": f1, "combined": (acc + f1) / 2}
     if kind == "pearson_spearman":
-        if np.std(preds) == 0 or np.std(refs) == 0:  # constant predictions: correlation undefined, count as 0
+        if np.ptp(preds) == 0 or np.ptp(refs) == 0:  # constant predictions: correlation undefined, count as 0
             p = s = 0.0
         else:
             p, s = float(pearsonr(preds, refs)[0]), float(spearmanr(preds, refs)[0])
