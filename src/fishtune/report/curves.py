@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .collect import METHOD_ORDER, TASK_ORDER, method_name, ordered, task_name
 
@@ -58,6 +59,7 @@ def draw_curves(data: pd.DataFrame, majority: dict[tuple[str, str], float] | Non
         base = (majority or {}).get((task, model))
         if base is not None and not math.isnan(base):
             ax.axhline(base * 100, color="grey", ls=":", lw=1, label="majority class")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("dev score ×100")
         ax.set_title(f"{task_name(task)} · {model} · {ratio:g}%", fontsize=9)

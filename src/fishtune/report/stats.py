@@ -86,8 +86,11 @@ def verdicts_markdown(v: pd.DataFrame, left: str = "fish", right: str = "ird") -
         if r.min_p >= 0.05:  # the sign-flip test cannot reach 5 % with this few seeds
             note = (f" (t interval only: with {r.n} seeds the sign-flip p is ≥ {r.min_p:.2g})"
                     if r.verdict != "within noise" else f" (needs more seeds: sign-flip p ≥ {r.min_p:.2g})")
-        lines.append(f"| {r.model} | {r.task} | {r.cells} | {r.n} | {r.mean:+.4f} | [{r.ci_low:+.4f}, "
-                     f"{r.ci_high:+.4f}] | {r.p:.3g} | {r.verdict}{note} |")
+        ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "–"
+        if r.n < 2:
+            note = " (needs more seeds: one seed gives no interval)"
+        lines.append(f"| {r.model} | {r.task} | {r.cells} | {r.n} | {r.mean:+.4f} | {ci} | {r.p:.3g} | "
+                     f"{r.verdict}{note} |")
     return "\n".join(lines) + "\n"
 
 
