@@ -4,6 +4,7 @@ paper's Table 2 beside ours, the training curves, the learning-rate table and wh
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 from test_report import run
 
 from fishtune.data.metrics import majority_score
@@ -94,3 +95,14 @@ def test_notes_open_the_readme(tmp_path):
     build_report(r, tmp_path / "out", formats=("png",))
     readme = (tmp_path / "out" / "README.md").read_text()
     assert readme.startswith("# MiniLM reproduction\n\nProtocol in words.\n") and "## Table 2" in readme
+
+
+def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path):
+    """docs/report's tables are what `make report` draws from docs/report/runs: nothing edited by hand."""
+    runs = ROOT / "docs" / "report" / "runs"
+    if not any(runs.rglob("result.json")):
+        pytest.skip("no committed runs")
+    build_report(runs, tmp_path, formats=("png",))
+    for name in ("table2.md", "paper.md", "ird_vs_fish.csv", "arrows.md", "curves.csv"):
+        committed = ROOT / "docs" / "report" / name
+        assert committed.read_text() == (tmp_path / name).read_text(), f"docs/report/{name}: run make report"
