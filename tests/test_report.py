@@ -313,6 +313,8 @@ def test_ird_vs_fish_finds_a_planted_difference_and_none_where_there_is_none(tmp
     if diff:
         assert v["ci_low"].iloc[0] < diff < v["ci_high"].iloc[0]
         assert v["p"].iloc[0] == pytest.approx(2 / 64)  # all six seeds agree: the exact two-sided minimum
+    _ladders(tmp_path / "two", diff, seeds=(1, 2))
+    assert list(verdicts(collect(tmp_path / "two"))["verdict"]) == ["within noise"]  # two seeds: no verdict
     t = paired_test([0.1, 0.1, 0.1])  # three seeds can never pass a 5 % sign-flip test
     assert t["p"] == pytest.approx(0.25)
 

@@ -5,8 +5,8 @@ Per cell, the difference right − left (IRD − FISH by default) over the seeds
 t interval; per task, each seed's mean difference over the cells both finished (cells of one seed are not
 independent, seeds are), then a 95 % t interval of the mean (the paired t-test) and an exact two-sided
 sign-flip permutation p-value (distribution-free). Verdict per task: ``better``/``worse`` when the t interval
-excludes 0, else ``within noise``; with fewer than 6 seeds the sign-flip test cannot reach 5 % (3 seeds: its
-smallest p is 0.25), and the table says that such a verdict rests on the t interval alone.
+excludes 0 over at least 3 seeds, else ``within noise``; with fewer than 6 seeds the sign-flip test cannot
+reach 5 % (3 seeds: its smallest p is 0.25), and the table says that such a verdict rests on the t interval.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from .collect import PAIRS
 
 __all__ = ["paired_cells", "paired_test", "verdicts", "verdicts_markdown", "cell_differences",
            "cell_differences_markdown"]
+
+
+MIN_SEEDS = 3  # below this the spread of the seeds' differences is itself a guess: no verdict
 
 
 def paired_cells(df: pd.DataFrame, left: str = "fish", right: str = "ird") -> pd.DataFrame:
@@ -65,7 +68,7 @@ def verdicts(df: pd.DataFrame, left: str = "fish", right: str = "ird", alpha: fl
         per_seed = g.groupby("seed")["diff"].mean()
         t = paired_test(per_seed.values)
         excludes = t["ci_low"] > 0 or t["ci_high"] < 0
-        if excludes:
+        if excludes and t["n"] >= MIN_SEEDS:
             verdict = f"{right} better" if t["mean"] > 0 else f"{right} worse"
         else:
             verdict = "within noise"
@@ -87,8 +90,8 @@ def verdicts_markdown(v: pd.DataFrame, left: str = "fish", right: str = "ird") -
             note = (f" (t interval only: with {r.n} seeds the sign-flip p is ≥ {r.min_p:.2g})"
                     if r.verdict != "within noise" else f" (needs more seeds: sign-flip p ≥ {r.min_p:.2g})")
         ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "–"
-        if r.n < 2:
-            note = " (needs more seeds: one seed gives no interval)"
+        if r.n < MIN_SEEDS:
+            note = f" (needs more seeds: a verdict takes at least {MIN_SEEDS})"
         lines.append(f"| {r.model} | {r.task} | {r.cells} | {r.n} | {r.mean:+.4f} | {ci} | {r.p:.3g} | "
                      f"{r.verdict}{note} |")
     return "\n".join(lines) + "\n"
