@@ -65,6 +65,13 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     return df
 
 
+def majority(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task): the mean over runs of the recorded majority-class dev score (``mean``) and how many
+    runs recorded one (``runs``); runs differ only in their data subsets."""
+    runs = df.drop_duplicates("run").dropna(subset=["majority"])
+    return runs.groupby(["model", "task"])["majority"].agg(mean="mean", runs="count").reset_index()
+
+
 def _kind(sparsity: str | None) -> str:
     return sparsity if sparsity in ("ladder", "grid") else "single"
 

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .collect import METHOD_ORDER, TASK_ORDER, method_name, ordered, task_name
+from .collect import METHOD_ORDER, TASK_ORDER, majority, method_name, ordered, task_name
 
 CURVE_COLUMNS = ["task", "model", "method", "epoch", "mean", "min", "max", "n"]
 
@@ -78,11 +78,10 @@ def write_curves(df: pd.DataFrame, out: Path, ratio: float = 0.5, formats=("png"
     if data.empty:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    runs = df.drop_duplicates("run").dropna(subset=["majority"])
-    majority = runs.groupby(["task", "model"])["majority"].mean().to_dict()
+    base = {(r.task, r.model): r.mean for r in majority(df).itertuples()}
     paths = [out / "curves.csv"]
     data.to_csv(paths[0], index=False)
-    fig = draw_curves(data, majority, ratio)
+    fig = draw_curves(data, base, ratio)
     for ext in formats:
         paths.append(out / f"curves.{ext}")
         fig.savefig(paths[-1], dpi=150, bbox_inches="tight")

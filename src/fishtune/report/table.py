@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .collect import METHOD_ORDER, MISSING, TASK_ORDER, fmt_ratio, method_name, ordered, task_name
+from .collect import METHOD_ORDER, MISSING, TASK_ORDER, fmt_ratio, majority, method_name, ordered, task_name
 
 TOL = 1e-9
 LONG_COLUMNS = ["model", "method", "ratio_key", "params_ratio", "task", "mean", "std", "n_ok", "n_failed",
@@ -102,11 +102,10 @@ def table2_data(df: pd.DataFrame) -> pd.DataFrame:
 def _majority_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One "majority" row per model and task: the dev score of always predicting the training set's most
     frequent label (recorded by each run; the mean over runs, which differ only in their data subsets)."""
-    runs = df.drop_duplicates("run").dropna(subset=["majority"])
-    rows = [{"model": model, "method": "majority", "ratio_key": "baseline", "params_ratio": math.nan, "task": task,
-             "mean": g["majority"].mean(), "std": math.nan, "n_ok": len(g), "n_failed": 0, "n_skipped": 0,
-             "seeds": "", "reasons": "", "text": f"{g['majority'].mean() * 100:.1f}", "best": False}
-            for (model, task), g in runs.groupby(["model", "task"])]
+    rows = [{"model": r.model, "method": "majority", "ratio_key": "baseline", "params_ratio": math.nan,
+             "task": r.task, "mean": r.mean, "std": math.nan, "n_ok": r.runs, "n_failed": 0, "n_skipped": 0,
+             "seeds": "", "reasons": "", "text": f"{r.mean * 100:.1f}", "best": False}
+            for r in majority(df).itertuples()]
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -211,7 +210,8 @@ def lr_markdown(df: pd.DataFrame) -> str:
     """Markdown of a learning-rate sweep: the score of each method at each lr it ran with, per task and ratio
     (only where some method ran with more than one lr); empty otherwise."""
     ok = df[(df["status"] == "ok") & df["score"].notna() & df["lr"].notna()]
-    ok = ok.assign(ratio_key=[("own" if f else r) for f, r in zip(ok["ratio_fixed"], ok["nominal_ratio"])])
+    ok = ok.assign(ratio_key=[_ratio_key(f, r, s) for f, r, s in zip(ok["ratio_fixed"], ok["nominal_ratio"],
+                                                                     ok["sparsity"])])
     swept = ok.groupby(["model", "task", "method", "ratio_key"])["lr"].transform("nunique") > 1
     if not swept.any():
         return ""

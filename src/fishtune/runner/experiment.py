@@ -299,7 +299,8 @@ def _describe(plan: Plan) -> str:
 def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own_count: bool = False,
                 keep_model: bool = False) -> CellResult:
     """Train one plan's cell. An adapter wrap (LoRA, bottlenecks) changes the model's modules in place, so
-    with ``keep_model`` (a later cell starts from this model) it wraps a copy."""
+    with ``keep_model`` (a later cell starts from this model) it wraps a copy. A wrap that comes with a mask
+    (Diff pruning) writes into the masked model itself and adds no module: it gets the model."""
     model, head, data, collate, device = prep.model, prep.head, prep.data, prep.collate, prep.device
     num_params = prep.selector.num_params
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
