@@ -127,7 +127,7 @@ def test_cpu_experiment_runs_and_resumes(tmp_path):
     assert sorted(p.stem for p in (sweep / "random" / "ladder" / "seed1" / "cells").glob("*.json")) == ["r1", "r5"]
     dense = json.loads((sweep / "dense" / "ladder" / "seed1" / "result.json").read_text())
     random = json.loads((sweep / "random" / "ladder" / "seed1" / "result.json").read_text())
-    assert 0 < dense["majority"] < 1 and dense["info"]["lr"] == 5e-5  # dense keeps the task's lr (§5.3)
+    assert 0 < dense["majority"] < 1 and dense["info"]["lr"] == 2e-4  # the experiment's method_lr
     assert [c["info"]["lr"] for c in random["cells"]] == [3e-2, 3e-2]  # the experiment's method_lr
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("already complete") == 2, again.stdout

@@ -3,6 +3,7 @@ non-zero exit, no result that claims ok)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -78,9 +79,24 @@ def test_ladder_job_resumes_only_missing_cells(tmp_path):
     assert [c["score"] for c in resumed["cells"]] == [c["score"] for c in result["cells"]]
     assert run(args, tmp_path, check=True).stdout.count("already complete") == 1  # the whole job is done
     # the resume key leaves out what does not change a result: a cell job finds the ladder's cell file
-    for extra in (["cell=r10-n8"], ["train.progress=false"], ["cell=r5-n1", "train.progress=false"]):
+    for extra in (["cell=r10-n8"], ["train.progress=false"], ["cell=r5-n1", "train.progress=false"],
+                  ["+train.method_lr.lora=1e-2"]):  # another method's lr: not this job's
         out = run([*args, *extra], tmp_path, check=True).stdout
         assert ": training" not in out and "already complete" in out, (extra, out[-2000:])
+
+
+def test_resume_key_holds_only_the_runs_own_method_lr():
+    from fishtune.runner.experiment import config_hash
+
+    base = {"method": {"name": "fish"}, "train": {"lr": None, "method_lr": {"fish": 1e-3}, "progress": True}}
+    other = copy.deepcopy(base)
+    other["train"]["method_lr"]["dense"] = 2e-4  # a sweep gives dense its own lr: fish's runs stay found
+    other["train"]["progress"] = False
+    assert config_hash(other) == config_hash(base)
+    own = copy.deepcopy(base)
+    own["train"]["method_lr"]["fish"] = 3e-3
+    assert config_hash(own) != config_hash(base)
+    assert base["train"]["method_lr"] == {"fish": 1e-3} and "progress" in base["train"]  # the config is untouched
 
 
 def test_killed_ladder_job_finishes_the_rest(tmp_path):

@@ -44,10 +44,14 @@ NOT_IN_KEY_TRAIN = ("progress",)
 
 def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
-    ``train.progress``, plus the torch/transformers/peft versions), to tell finished work of the same job."""
+    ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
+    torch/transformers/peft versions), to tell finished work of the same job."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
+        method = (key.get("method") or {}).get("name")
+        method_lr = key["train"].get("method_lr") or {}
+        key["train"]["method_lr"] = {m: lr for m, lr in method_lr.items() if m == method}
     key["versions"] = _library_versions()
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
