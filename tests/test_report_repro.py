@@ -12,6 +12,7 @@ from fishtune.report.build import build_report, where_it_ran
 from fishtune.report.collect import collect
 from fishtune.report.curves import curve_data
 from fishtune.report.paper import paper_beside_ours, paper_score
+from fishtune.report.stats import above_majority, above_majority_markdown
 from fishtune.report.table import lr_markdown, table2_data
 from fishtune.runner.results import read_result, write_json
 
@@ -39,6 +40,27 @@ def test_majority_row_is_listed_and_never_bold(tmp_path):
     row = long[long["method"] == "majority"].iloc[0]
     assert row["mean"] == pytest.approx(0.54) and row["text"] == "54.0" and not row["best"]
     assert long.loc[long["method"] == "dense", "best"].item()
+
+
+def test_above_majority_finds_a_method_that_learned_and_none_that_did_not(tmp_path):
+    r = tmp_path / "s"
+    for seed, majority in ((1, 0.50), (2, 0.53), (3, 0.48)):
+        _with(run(r, "rte", "dense", "0.5", seed=seed, score=majority + 0.10), majority=majority)  # learned
+        _with(run(r, "rte", "lora", "0.5", seed=seed, score=majority + (0.01, -0.012, 0.002)[seed - 1]),
+              majority=majority)  # noise around the floor
+        _with(run(r, "rte", "bitfit", "0.5", seed=seed, score=majority - 0.05 - 0.001 * seed), majority=majority)
+        if seed < 3:
+            _with(run(r, "rte", "random", "0.5", seed=seed, score=majority + 0.2), majority=majority)
+    # a ladder run counts its best cell
+    _with(run(r, "rte", "fish", "ladder", seed=1, cells={(2.5, 8): 0.40, (0.5, 8): 0.65}), majority=0.5)
+    a = above_majority(collect(r)).set_index("method")
+    assert a.loc["dense", "verdict"] == "above" and a.loc["dense", "mean"] == pytest.approx(0.10)
+    assert a.loc["lora", "verdict"] == "not above (within noise)"
+    assert a.loc["bitfit", "verdict"] == "below"
+    assert a.loc["random", "verdict"] == "needs 3 seeds" and a.loc["random", "n"] == 2
+    assert a.loc["fish", "mean"] == pytest.approx(0.15) and a.loc["fish", "n"] == 1
+    md = above_majority_markdown(a.reset_index())
+    assert "| m | rte | dense | 3 | 50.3 | +10.0 |" in md
 
 
 def test_paper_numbers_and_ours_beside_them(tmp_path):

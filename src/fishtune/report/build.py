@@ -3,9 +3,10 @@
 `build_report(roots, out)` writes results.csv, status.csv, problems.csv, the ladder heatmaps (PNG + PDF per
 task/model and combined), arrows.csv/.md, table2.md/.tex/.csv (with the majority-class row), the paper's
 Table 2 beside ours (paper.md), the training curves (curves.csv + figure), the scaling plot when there are grid
-runs, ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`) and a README.md that links them, opened
-by a root's NOTES.md when it has one (the protocol, in words; every number comes from the results); it returns
-the list of files written (the CLI and the Hydra callback print it).
+runs, ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`), above_majority.csv (each method against
+the majority class, paired over seeds) and a README.md that links them, opened by a root's NOTES.md when it
+has one (the protocol, in words; every number comes from the results); it returns the list of files written
+(the CLI and the Hydra callback print it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from .curves import write_curves  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
 from .paper import paper_beside_ours  # noqa: E402
 from .scaling import scaling_data, write_scaling  # noqa: E402
-from .stats import PAIR, cell_differences, cell_differences_markdown, verdicts, verdicts_markdown  # noqa: E402
+from .stats import (  # noqa: E402
+    PAIR,
+    above_majority,
+    above_majority_markdown,
+    cell_differences,
+    cell_differences_markdown,
+    verdicts,
+    verdicts_markdown,
+)
 from .table import lr_markdown, table2_csv, table2_data, table2_latex, table2_markdown  # noqa: E402
 
 
@@ -64,8 +73,10 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     written += write_scaling(scaling_data(df), out, formats=formats)
     verdict = verdicts(df, *PAIR)
     text("ird_vs_fish.csv", verdict.to_csv(index=False))
+    learned = above_majority(df)
+    text("above_majority.csv", learned.to_csv(index=False))
     seconds = time.perf_counter() - t0
-    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper))
+    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned))
     return written
 
 
@@ -88,7 +99,7 @@ def where_it_ran(df) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper) -> str:
+def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned) -> str:
     runs = df["run"].nunique()
     n = {s: int(counts[s].sum()) for s in ("ok", "skipped", "failed")} if not counts.empty else {}
     notes = [Path(r) / "NOTES.md" for r in roots if (Path(r) / "NOTES.md").is_file()]
@@ -113,6 +124,11 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
         lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR),
                   "Per ladder cell:", "", per_cell]
     lines += ["## Table 2", "", table2_markdown(long)]
+    if not learned.empty:
+        lines += ["## Above the majority class? (paired over seeds)", "",
+                  "Each seed's best dev score over the run's cells (×100) minus the majority-class score of its own "
+                  "training subset; the best over cells leans optimistic, so a method whose interval reaches 0 has "
+                  "not shown that it learned the task.", "", above_majority_markdown(learned)]
     if paper.strip():
         lines += ["## The paper's Table 2 beside ours (ours / paper)", "",
                   "The paper's rows are BERT-large, or BERT-base where marked (B); single runs on the full "

@@ -1,4 +1,5 @@
-"""IRD against FISH beyond noise: paired differences over seeds, per ladder cell and per task.
+"""Paired tests over seeds: IRD against FISH per ladder cell and per task, and each method against the
+majority class (did it learn at all?).
 
 The same seed gives FISH and IRD the same initial sample draw and the same head, so each seed is one pair.
 Per cell, the difference right − left (IRD − FISH by default) over the seeds that finished both, with its 95 %
@@ -7,6 +8,8 @@ independent, seeds are), then a 95 % t interval of the mean (the paired t-test) 
 sign-flip permutation p-value (distribution-free). Verdict per task: ``better``/``worse`` when the t interval
 excludes 0 over at least 3 seeds, else ``within noise``; with fewer than 6 seeds the sign-flip test cannot
 reach 5 % (3 seeds: its smallest p is 0.25), and the table says that such a verdict rests on the t interval.
+Against the majority class, each seed pairs a run's best dev score over its cells with the majority-class score
+of that run's own training subset; the best over cells leans optimistic, so "not above" is the safe reading.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pandas as pd
 from .collect import PAIRS
 
 __all__ = ["paired_cells", "paired_test", "verdicts", "verdicts_markdown", "cell_differences",
-           "cell_differences_markdown"]
+           "cell_differences_markdown", "above_majority", "above_majority_markdown"]
 
 
 MIN_SEEDS = 3  # below this the spread of the seeds' differences is itself a guess: no verdict
@@ -113,6 +116,40 @@ def cell_differences_markdown(c: pd.DataFrame, left: str = "fish", right: str = 
     for r in c.itertuples():
         ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n > 1 else "–"
         lines.append(f"| {r.model} | {r.task} | {r.cell} | {r.n} | {r.mean:+.4f} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def above_majority(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, method): each seed's best score over the run's cells minus its run's majority-class
+    score, their paired test and a verdict (``above`` when the t interval over at least 3 seeds lies above 0,
+    ``below`` when it lies under, else ``not above (within noise)``)."""
+    ok = df[(df["status"] == "ok") & df["score"].notna() & df["majority"].notna()]
+    best = ok.groupby(["model", "task", "method", "seed", "run"], sort=True).agg(
+        score=("score", "max"), majority=("majority", "first")).reset_index()
+    rows = []
+    for (model, task, method), g in best.groupby(["model", "task", "method"], sort=True):
+        t = paired_test((g["score"] - g["majority"]).values)
+        if t["n"] >= MIN_SEEDS and t["ci_low"] > 0:
+            verdict = "above"
+        elif t["n"] >= MIN_SEEDS and t["ci_high"] < 0:
+            verdict = "below"
+        else:
+            verdict = "not above (within noise)" if t["n"] >= MIN_SEEDS else f"needs {MIN_SEEDS} seeds"
+        rows.append({"model": model, "task": task, "method": method, **t, "majority": g["majority"].mean(),
+                     "verdict": verdict})
+    return pd.DataFrame(rows, columns=["model", "task", "method", "n", "mean", "ci_low", "ci_high", "p", "majority",
+                                       "verdict"])
+
+
+def above_majority_markdown(a: pd.DataFrame) -> str:
+    if a.empty:
+        return ""
+    lines = ["| model | task | method | seeds | majority | best − majority | 95 % CI | verdict |",
+             "|---|---|---|---|---:|---:|---|---|"]
+    for r in a.itertuples():
+        ci = f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]" if r.n > 1 else "–"
+        lines.append(f"| {r.model} | {r.task} | {r.method} | {r.n} | {100 * r.majority:.1f} | {100 * r.mean:+.1f} | "
+                     f"{ci} | {r.verdict} |")
     return "\n".join(lines) + "\n"
 
 
