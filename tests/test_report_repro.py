@@ -53,7 +53,11 @@ def test_above_majority_finds_a_method_that_learned_and_none_that_did_not(tmp_pa
             _with(run(r, "rte", "random", "0.5", seed=seed, score=majority + 0.2), majority=majority)
     # a ladder run counts its best cell
     _with(run(r, "rte", "fish", "ladder", seed=1, cells={(2.5, 8): 0.40, (0.5, 8): 0.65}), majority=0.5)
+    # two learning rates of one method (a sweep, same seed) are two rows, not two seeds
+    _with(run(r / "lr1", "mrpc", "gmt", "0.5", seed=1, score=0.7), majority=0.6, info={"lr": 0.01})
+    _with(run(r / "lr2", "mrpc", "gmt", "0.5", seed=1, score=0.8), majority=0.6, info={"lr": 0.1})
     a = above_majority(collect(r)).set_index("method")
+    assert a.loc["gmt (lr 0.01)", "n"] == 1 and a.loc["gmt (lr 0.1)", "mean"] == pytest.approx(0.2)
     assert a.loc["dense", "verdict"] == "above" and a.loc["dense", "mean"] == pytest.approx(0.10)
     assert a.loc["lora", "verdict"] == "not above (within noise)"
     assert a.loc["bitfit", "verdict"] == "below"
@@ -125,6 +129,6 @@ def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path):
     if not any(runs.rglob("result.json")):
         pytest.skip("no committed runs")
     build_report(runs, tmp_path, formats=("png",))
-    for name in ("table2.md", "paper.md", "ird_vs_fish.csv", "arrows.md", "curves.csv"):
+    for name in ("table2.md", "paper.md", "ird_vs_fish.csv", "above_majority.csv", "arrows.md", "curves.csv"):
         committed = ROOT / "docs" / "report" / name
         assert committed.read_text() == (tmp_path / name).read_text(), f"docs/report/{name}: run make report"

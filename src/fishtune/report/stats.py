@@ -120,12 +120,16 @@ def cell_differences_markdown(c: pd.DataFrame, left: str = "fish", right: str = 
 
 
 def above_majority(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, method): each seed's best score over the run's cells minus its run's majority-class
-    score, their paired test and a verdict (``above`` when the t interval over at least 3 seeds lies above 0,
-    ``below`` when it lies under, else ``not above (within noise)``)."""
+    """Per (model, task, method) (and lr, named in the method when a method ran at several): each seed's best
+    score over the run's cells minus its run's majority-class score, their paired test and a verdict
+    (``above`` when the t interval over at least 3 seeds lies above 0, ``below`` when it lies under, else
+    ``not above (within noise)``)."""
     ok = df[(df["status"] == "ok") & df["score"].notna() & df["majority"].notna()]
-    best = ok.groupby(["model", "task", "method", "seed", "run"], sort=True).agg(
+    ok = ok.assign(lr=ok["lr"].fillna(-1.0)) if "lr" in ok else ok.assign(lr=-1.0)  # runs at other lrs: not seeds
+    best = ok.groupby(["model", "task", "method", "lr", "seed", "run"], sort=True).agg(
         score=("score", "max"), majority=("majority", "first")).reset_index()
+    several = best.groupby(["model", "task", "method"])["lr"].transform("nunique") > 1
+    best["method"] = [f"{m} (lr {lr:g})" if many else m for m, lr, many in zip(best["method"], best["lr"], several)]
     rows = []
     for (model, task, method), g in best.groupby(["model", "task", "method"], sort=True):
         t = paired_test((g["score"] - g["majority"]).values)
