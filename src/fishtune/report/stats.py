@@ -63,6 +63,14 @@ def paired_test(diffs, rounds: int = 20000, seed: int = 0) -> dict[str, float]:
     return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p}
 
 
+def _side(t: dict[str, float]) -> int | None:
+    """Which side of 0 a `paired_test` puts the mean difference on: 1 or -1 when its t interval excludes 0, 0 when
+    it does not, None below `MIN_SEEDS` seeds (no verdict)."""
+    if t["n"] < MIN_SEEDS:
+        return None
+    return 1 if t["ci_low"] > 0 else -1 if t["ci_high"] < 0 else 0
+
+
 def verdicts(df: pd.DataFrame, left: str = "fish", right: str = "ird", alpha: float = 0.05) -> pd.DataFrame:
     """One row per (model, task): the seeds' mean differences over shared cells, their test and a verdict."""
     pairs = paired_cells(df, left, right)
@@ -70,11 +78,7 @@ def verdicts(df: pd.DataFrame, left: str = "fish", right: str = "ird", alpha: fl
     for (model, task), g in pairs.groupby(["model", "task"], sort=True):
         per_seed = g.groupby("seed")["diff"].mean()
         t = paired_test(per_seed.values)
-        excludes = t["ci_low"] > 0 or t["ci_high"] < 0
-        if excludes and t["n"] >= MIN_SEEDS:
-            verdict = f"{right} better" if t["mean"] > 0 else f"{right} worse"
-        else:
-            verdict = "within noise"
+        verdict = {1: f"{right} better", -1: f"{right} worse"}.get(_side(t), "within noise")
         floor = 2.0 / 2 ** t["n"] if t["n"] else math.nan  # the smallest exact two-sided p with n seeds
         rows.append({"model": model, "task": task, "cells": g["cell"].nunique(), **t, "verdict": verdict,
                      "min_p": floor})
@@ -125,7 +129,7 @@ def above_majority(df: pd.DataFrame) -> pd.DataFrame:
     (``above`` when the t interval over at least 3 seeds lies above 0, ``below`` when it lies under, else
     ``not above (within noise)``)."""
     ok = df[(df["status"] == "ok") & df["score"].notna() & df["majority"].notna()]
-    ok = ok.assign(lr=ok["lr"].fillna(-1.0)) if "lr" in ok else ok.assign(lr=-1.0)  # runs at other lrs: not seeds
+    ok = ok.assign(lr=ok["lr"].fillna(-1.0))  # runs at other lrs are not seeds (groupby drops a NaN key)
     best = ok.groupby(["model", "task", "method", "lr", "seed", "run"], sort=True).agg(
         score=("score", "max"), majority=("majority", "first")).reset_index()
     several = best.groupby(["model", "task", "method"])["lr"].transform("nunique") > 1
@@ -133,12 +137,7 @@ def above_majority(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, task, method), g in best.groupby(["model", "task", "method"], sort=True):
         t = paired_test((g["score"] - g["majority"]).values)
-        if t["n"] >= MIN_SEEDS and t["ci_low"] > 0:
-            verdict = "above"
-        elif t["n"] >= MIN_SEEDS and t["ci_high"] < 0:
-            verdict = "below"
-        else:
-            verdict = "not above (within noise)" if t["n"] >= MIN_SEEDS else f"needs {MIN_SEEDS} seeds"
+        verdict = {1: "above", -1: "below", 0: "not above (within noise)"}.get(_side(t), f"needs {MIN_SEEDS} seeds")
         rows.append({"model": model, "task": task, "method": method, **t, "majority": g["majority"].mean(),
                      "verdict": verdict})
     return pd.DataFrame(rows, columns=["model", "task", "method", "n", "mean", "ci_low", "ci_high", "p", "majority",
