@@ -6,9 +6,13 @@ step by step, interleaved, after warm-up; the median step is reported.
 Default (`--quick`): BERT-base's topology at toy width (12 layers, hidden 32, vocabulary 512), batch 32 × 24
 tokens, one CPU thread: the step is all per-tensor overhead, like a launch-bound GPU step. `--model minilm`
 uses real MiniLM; `--model bert-base|llama-3.2-1b --random-init --device cuda` the paper's sizes.
+`--mask fish` trains a FISH mask (64 SST-2 sentences) instead of a random one, and `--weight-grad blocks`
+has masked Linear layers compute only the rows or columns of dW holding its entries (`apply_mask`): on
+real MiniLM weights a FISH mask sits in a few columns per matrix, so most of dW = dYᵀX is skipped.
 
     python bench/step.py --quick
     python bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+    python bench/step.py --model minilm --mask fish --weight-grad blocks --threads 2 --batch 32 --seq 64
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=24)
     p.add_argument("--steps", type=int, default=None, help="timed steps per side (default 30, GPU 50)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the proxy uses one)")
+    p.add_argument("--mask", default="random", choices=["random", "fish"])
+    p.add_argument("--weight-grad", default="dense", choices=["dense", "blocks"], help="apply_mask's option")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -47,9 +53,21 @@ def main() -> None:
     models = {"dense": build().train(), "masked": build().train()}
     masked = models["masked"]
     head = head_names(masked)
-    mask = common.random_mask(masked, args.ratio, exclude=head, seed=args.seed)
-    apply_mask(masked, mask, trainable=head)
-    opts = {"dense": MaskedAdamW(models["dense"], lr=1e-4), "masked": MaskedAdamW(masked, lr=1e-4)}
+    if args.mask == "fish":
+        mask = common.fish_mask(masked, args.ratio, head, seed=args.seed)
+    else:
+        mask = common.random_mask(masked, args.ratio, exclude=head, seed=args.seed)
+    apply_mask(masked, mask, trainable=head, weight_grad=args.weight_grad)
+    if args.weight_grad == "blocks":  # the same mask with autograd's dense dW, timed beside it
+        models["masked, dense dW"] = apply_mask(build().train(), mask, trainable=head)
+    segs = [s for _, s in masked.fishtune_masked.segments() if len(s.shape) == 2]
+    blocked = [s for s in segs if s.plan is not None]
+    if blocked:
+        share = sum(s.plan.share * s.shape[0] * s.shape[1] for s in blocked) / sum(s.shape[0] * s.shape[1]
+                                                                                      for s in blocked)
+        print(f"weight_grad=blocks: {len(blocked)} of {len(segs)} masked matrices compute a block of dW, "
+              f"{100 * share:.1f} % of their full products")
+    opts = {k: MaskedAdamW(m, lr=1e-4) for k, m in models.items()}
     cfg = models["dense"].config
     gen = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(3, cfg.vocab_size, (args.batch, args.seq), generator=gen)
@@ -65,10 +83,13 @@ def main() -> None:
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     what = "toy BERT (12 × 32, vocab 512)" if args.quick else args.model
     print(f"{what} on {args.device} ({args.threads} thread{'s' * (args.threads > 1)}), batch {args.batch} × "
-          f"{args.seq}{', bf16 autocast' if cuda else ''}; mask {mask.count} entries ({args.ratio:g}%, random, "
-          f"{len(mask.indices)} tensors) + head; median of {steps} steps")
+          f"{args.seq}{', bf16 autocast' if cuda else ''}; mask {mask.count} entries ({args.ratio:g}%, {args.mask}, "
+          f"{len(mask.indices)} tensors, weight_grad={args.weight_grad}) + head; median of {steps} steps")
     if cuda:
-        print(f"peak GPU memory (both models) {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        print(f"peak GPU memory (all models) {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if "masked, dense dW" in med:
+        common.report("masked step (weight_grad blocks vs dense dW)", med["masked"], med["masked, dense dW"],
+                      "ms", higher_is_better=False)
     common.report(f"training step (masked {args.ratio:g} % vs dense)", med["masked"], med["dense"], "ms",
                   higher_is_better=False)
 

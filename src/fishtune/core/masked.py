@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import _blocked
 from .masks import Mask
 
 __all__ = ["MaskedWeights", "MaskedTensor", "apply_mask", "merge", "masked_tensors", "sync_weights",
@@ -55,6 +56,7 @@ class _Segment:
     weight: torch.Tensor  # the model's tensor: a leaf view of the flat buffer holding W0 + delta
     owners: list[tuple[nn.Module, str]]
     handle: object = None
+    plan: object = None  # a `_blocked.Plan` when its Linear layers compute only a block of dW
 
     @property
     def count(self) -> int:
@@ -80,27 +82,31 @@ class _Group:
         self.written: set[int] = set()  # segments whose gradient reached delta.grad in this cycle
         self.trusted: int | None = None  # delta's version when `MaskedAdamW` last wrote it back
 
+    def write(self, seg_no: int, values: torch.Tensor) -> None:
+        """Add segment ``seg_no``'s k gradient entries (in its ``indices`` order) into its slots of
+        ``delta.grad``; the first write of an accumulation cycle sets them (no zeroing pass per tensor)."""
+        seg, d = self.segments[seg_no], self.delta
+        if d.grad is None:  # a new accumulation cycle: reuse one zeroed buffer
+            if self.grad_buf is None:
+                self.grad_buf = torch.zeros_like(d)
+            else:
+                self.grad_buf.zero_()
+            d.grad = self.grad_buf
+            self.written.clear()
+        slot = d.grad[seg.offset:seg.offset + seg.count]
+        if seg_no in self.written:
+            slot.add_(values)
+        else:
+            slot.copy_(values)
+            self.written.add(seg_no)
+
     def hook(self, seg_no: int):
         seg = self.segments[seg_no]
 
         def gather(w: torch.Tensor) -> None:
             g, w.grad = w.grad, None  # the dense gradient dies here
-            if g is None:
-                return
-            d = self.delta
-            if d.grad is None:  # a new accumulation cycle: reuse one zeroed buffer
-                if self.grad_buf is None:
-                    self.grad_buf = torch.zeros_like(d)
-                else:
-                    self.grad_buf.zero_()
-                d.grad = self.grad_buf
-                self.written.clear()
-            slot = d.grad[seg.offset:seg.offset + seg.count]
-            if seg_no in self.written:
-                slot.add_(g.reshape(-1).index_select(0, seg.indices))
-            else:
-                torch.index_select(g.reshape(-1), 0, seg.indices, out=slot)
-                self.written.add(seg_no)
+            if g is not None:
+                self.write(seg_no, g.reshape(-1).index_select(0, seg.indices))
 
         return gather
 
@@ -125,7 +131,7 @@ class MaskedWeights(nn.Module):
     """The trainable state of a masked model: ``delta<g>`` per group of masked tensors (one per device and
     dtype, usually one). Made by `apply_mask`; `merge` removes it."""
 
-    def __init__(self, model: nn.Module, chosen: list[tuple[str, torch.Tensor]]) -> None:
+    def __init__(self, model: nn.Module, chosen: list[tuple[str, torch.Tensor]], weight_grad: str = "dense") -> None:
         super().__init__()
         params = dict(model.named_parameters())
         owners: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -146,7 +152,15 @@ class MaskedWeights(nn.Module):
                 for module, attr in seg.owners:  # tied weights: every module holding the tensor
                     module._parameters.pop(attr)
                     module.register_buffer(attr, seg.weight)
-                seg.handle = seg.weight.register_post_accumulate_grad_hook(group.hook(i))
+                linear = all(type(m) is nn.Linear and a == "weight" for m, a in seg.owners)
+                seg.plan = _blocked.plan(seg.shape, seg.indices) if weight_grad == "blocks" and linear else None
+                if seg.plan is None:
+                    seg.handle = seg.weight.register_post_accumulate_grad_hook(group.hook(i))
+                    continue
+                seg.weight.requires_grad_(False)  # autograd computes no dense dW for it
+                for module, _ in seg.owners:
+                    module.forward = _blocked.blocked_forward(module, group.delta, seg.plan,
+                                                              lambda v, i=i, group=group: group.write(i, v))
             self.groups.append(group)
         self.pre_hook = None
 
@@ -162,13 +176,20 @@ def _states(model: nn.Module) -> list[MaskedWeights]:
     return [m for m in model.modules() if isinstance(m, MaskedWeights)]
 
 
-def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, ...] = ()) -> nn.Module:
+def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, ...] = (),
+               weight_grad: str = "dense") -> nn.Module:
     """Make ``mask``'s entries the only trainable pretrained values of ``model`` (in place; returned).
 
     ``trainable`` names parameters trained densely as they are (the task head). Every other parameter gets
-    ``requires_grad=False``. Raises ValueError when the mask does not fit the model or one is applied
-    already. Apply it after moving the model to its device and dtype.
+    ``requires_grad=False``. ``weight_grad``: "dense" (autograd's full weight gradient, gathered: the
+    update is bit-identical to dense gradients × mask) or "blocks" (a masked `nn.Linear` computes only the
+    rows or columns of its weight gradient that hold selected entries when that is at most half the
+    product, `_blocked`; equal up to summation order). Raises ValueError when the mask does not fit the
+    model, one is applied already, or ``weight_grad`` is unknown. Apply it after moving the model to its
+    device and dtype.
     """
+    if weight_grad not in ("dense", "blocks"):
+        raise ValueError(f"weight_grad must be dense|blocks, got {weight_grad!r}")
     mask.check_model(model)
     if _states(model):
         raise ValueError("apply_mask: the model already has a mask applied (call merge(model) first)")
@@ -181,7 +202,7 @@ def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, .
     for n in trainable:
         params[n].requires_grad_(True)
     chosen = [(n, idx) for n, idx in mask.indices.items() if n not in trainable and idx.numel()]
-    state = MaskedWeights(model, chosen)
+    state = MaskedWeights(model, chosen, weight_grad)
     model.add_module(STATE, state)
     state.pre_hook = model.register_forward_pre_hook(state.sync)  # a stock optimizer changed delta
     return model
@@ -223,11 +244,14 @@ def merge(model: nn.Module) -> nn.Module:
     for name, st in [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedWeights)]:
         st.sync()
         for _, seg in st.segments():
-            seg.handle.remove()
+            if seg.handle is not None:
+                seg.handle.remove()
             weight = nn.Parameter(seg.weight.detach(), requires_grad=False)
             for module, attr in seg.owners:
                 module._buffers.pop(attr)
                 module.register_parameter(attr, weight)
+                if seg.plan is not None:
+                    del module.forward  # the class's forward again
         st.pre_hook.remove()
         parent, _, attr = name.rpartition(".")
         delattr(model.get_submodule(parent) if parent else model, attr)

@@ -1,0 +1,104 @@
+"""Masked `nn.Linear` layers whose weight gradient is computed only where the mask has entries.
+
+A masked step needs k entries of a Linear's weight gradient dW = dYᵀX (out × in), yet autograd computes all
+of it, a third of the layer's training FLOPs. Fisher masks are concentrated: on MiniLM/SST-2 at 0.5 % most
+masked weight matrices hold their entries in a handful of input features (columns), e.g. 4 of 384 or 14 of
+1,536 (bench/README.md). The rows or columns of dW that hold a selected entry are one small dense product,
+
+    dW[:, C] = dYᵀ X[:, C]        or        dW[R, :] = dY[:, R]ᵀ X,
+
+and only X[:, C] needs saving for it. `plan` picks the cheaper block for a mask when it costs at most
+`MAX_SHARE` of the full product (else the layer keeps autograd's dense gradient); `blocked_forward` is the
+layer's forward in training: y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k
+entries handed to ``write`` (`masked._Group.write`). Under autocast the matmuls run in the autocast dtype,
+as `F.linear` does. The entries equal the dense gradient's up to the order of the sum over tokens (a GEMM
+of another shape may block it differently): within 1e-6 relative in fp32, tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_SHARE = 0.5  # use a block only when it is at most this share of the full out × in product
+
+
+@dataclass
+class Plan:
+    """Which block of dW to compute: ``axis`` 1 = the columns ``keep`` (dW[:, keep]), 0 = the rows
+    ``keep``; ``local`` = each selected entry's flat position inside that block, in the mask's order."""
+
+    axis: int
+    keep: torch.Tensor
+    local: torch.Tensor
+    share: float  # the block's size over the full matrix's
+
+
+def plan(shape: tuple[int, ...], indices: torch.Tensor, max_share: float = MAX_SHARE) -> Plan | None:
+    """The cheaper of the row and column block holding every selected flat index of an out × in weight,
+    or None when it is more than ``max_share`` of the full product (or the tensor is not a matrix)."""
+    if len(shape) != 2 or indices.numel() == 0:
+        return None
+    out, inn = shape
+    r, c = indices // inn, indices % inn
+    rows, r_at = torch.unique(r, return_inverse=True)
+    cols, c_at = torch.unique(c, return_inverse=True)
+    by_cols, by_rows = out * cols.numel(), rows.numel() * inn
+    if min(by_cols, by_rows) > max_share * out * inn:
+        return None
+    share = min(by_cols, by_rows) / (out * inn)
+    if by_cols <= by_rows:
+        return Plan(1, cols, r * cols.numel() + c_at, share)
+    return Plan(0, rows, r_at * inn + c, share)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class _BlockedLinear(torch.autograd.Function):
+    """y = F.linear(x, weight, bias) whose backward gives dX and db, and dW only at the plan's block (passed
+    to ``write``, not returned: the weight is frozen). ``anchor`` (the trainable delta) only makes sure the
+    backward runs when nothing else before the layer needs a gradient; it gets none from here."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor], None]):
+        dt = _compute_dtype(x)
+        xc, wc = x.to(dt), weight.to(dt)
+        bc = None if bias is None else bias.to(dt)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.linear(xc, wc, bc)
+        x2 = xc.reshape(-1, xc.shape[-1])
+        ctx.save_for_backward(x2.index_select(1, plan.keep) if plan.axis == 1 else x2, wc)
+        ctx.plan, ctx.write = plan, write
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+        ctx.b_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xs, wc = ctx.saved_tensors
+        p = ctx.plan
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        block = dy2.t() @ xs if p.axis == 1 else dy2.index_select(1, p.keep).t() @ xs
+        ctx.write(block.reshape(-1).index_select(0, p.local).to(ctx.w_dtype))
+        dx = (dy @ wc).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        db = dy2.sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
+        return dx, None, db, None, None, None
+
+
+def blocked_forward(module: nn.Linear, anchor: torch.Tensor, p: Plan, write: Callable[[torch.Tensor], None]):
+    """The forward to bind to a masked ``module`` (instance attribute; `masked.merge` removes it): the
+    blocked Function while gradients are recorded, the plain `F.linear` otherwise."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, module.weight, module.bias)
+        return _BlockedLinear.apply(x, module.weight, module.bias, anchor, p, write)
+
+    return forward

@@ -1,0 +1,141 @@
+"""`apply_mask(weight_grad="blocks")`: a masked nn.Linear computes only the rows or columns of its weight
+gradient that hold selected entries. The gradients and updates equal the dense path's up to the order of the
+sum over tokens (1e-6 relative in fp32), frozen entries stay bit-identical, and `merge` restores the layers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny import collate, tiny_examples, tiny_model
+
+from fishtune.core import _blocked
+from fishtune.core.masked import MaskedAdamW, apply_mask, masked_tensors, merge
+from fishtune.core.masks import Mask
+from fishtune.models import head_names
+
+
+def _structured_mask(model, head, seed=0) -> Mask:
+    """Like a FISH mask: each matrix's entries in a few columns (or, alternately, a few rows), and a few
+    scattered entries in every other tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    idx, shapes = {}, {}
+    for i, (n, p) in enumerate(model.named_parameters()):
+        if n in head:
+            continue
+        shapes[n] = tuple(p.shape)
+        if p.dim() == 2 and "embed" not in n and "wte" not in n and "wpe" not in n:
+            out, inn = p.shape
+            full = torch.rand(out, inn, generator=gen) < 0.5
+            keep = torch.zeros_like(full)
+            if i % 2:
+                keep[:, torch.randperm(inn, generator=gen)[:2]] = True
+            else:
+                keep[torch.randperm(out, generator=gen)[:2], :] = True
+            idx[n] = (full & keep).reshape(-1).nonzero().squeeze(1)
+        else:
+            idx[n] = torch.randperm(p.numel(), generator=gen)[:3].sort().values
+    return Mask(idx, shapes)
+
+
+def test_plan_picks_the_smaller_block_and_finds_every_entry():
+    full = torch.randn(12, 40)
+    cols = torch.tensor([3, 17])
+    idx = (torch.arange(12)[:, None] * 40 + cols[None]).reshape(-1)
+    p = _blocked.plan((12, 40), idx)
+    assert p.axis == 1 and p.keep.tolist() == [3, 17] and p.share == pytest.approx(2 / 40)
+    assert torch.equal(full[:, p.keep].reshape(-1)[p.local], full.reshape(-1)[idx])
+    tall = full.t().contiguous()  # 40 x 12: two rows (2 x 12) are cheaper than three columns (40 x 3)
+    idx = torch.tensor([5 * 12 + 1, 5 * 12 + 10, 9 * 12 + 7])
+    p = _blocked.plan((40, 12), idx)
+    assert p.axis == 0 and p.keep.tolist() == [5, 9]
+    assert torch.equal(tall[p.keep].reshape(-1)[p.local], tall.reshape(-1)[idx])
+    scattered = torch.randperm(12 * 40, generator=torch.Generator().manual_seed(0))[:60].sort().values
+    assert _blocked.plan((12, 40), scattered) is None  # every row and most columns: the dense product
+    assert _blocked.plan((40,), torch.tensor([1])) is None
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_blocked_gradient_equals_the_dense_gradient_at_the_mask(arch):
+    """Accumulated over two backwards; GPT-2's Conv1D layers are not nn.Linear and keep the dense path."""
+    model = tiny_model(arch)
+    head = head_names(model)
+    mask = _structured_mask(model, head)
+    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
+    apply_mask(model, mask, trainable=head, weight_grad="blocks")
+    model.train()
+    blocked = [s.name for _, s in model.fishtune_masked.segments() if s.plan is not None]
+    assert bool(blocked) == (arch != "gpt2")
+    ex = tiny_examples(8)
+    for b in (collate(ex[:4]), collate(ex[4:])):
+        for m in (ref, model):
+            torch.manual_seed(0)
+            m(**b).loss.backward()
+    want, got = ref.fishtune_masked.delta0.grad, model.fishtune_masked.delta0.grad
+    assert float((got - want).norm() / want.norm()) < 1e-6
+    for name in masked_tensors(model):
+        seg = next(s for _, s in model.fishtune_masked.segments() if s.name == name)
+        sl = slice(seg.offset, seg.offset + seg.count)
+        assert torch.allclose(got[sl], want[sl], rtol=1e-5, atol=1e-7), name
+        assert seg.weight.grad is None
+    for n in head:  # the head's (dense) gradient is unchanged too
+        assert torch.allclose(dict(model.named_parameters())[n].grad, dict(ref.named_parameters())[n].grad,
+                              rtol=1e-5, atol=1e-7)
+
+
+def test_blocked_training_matches_dense_and_merge_restores_the_layers():
+    model = tiny_model("bert")
+    head = head_names(model)
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = _structured_mask(model, head, seed=1)
+    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
+    apply_mask(model, mask, trainable=head, weight_grad="blocks")
+    model.train()
+    opts = [MaskedAdamW(m, lr=1e-2, weight_decay=0.1) for m in (ref, model)]
+    ex = tiny_examples(12, seed=2)
+    for step in range(3):
+        b = collate(ex[step * 4:step * 4 + 4])
+        for m, opt in zip((ref, model), opts):
+            torch.manual_seed(step)
+            m(**b).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    merge(ref)
+    merge(model)
+    assert not [m for m in model.modules() if "forward" in m.__dict__], "merge left a blocked forward behind"
+    params, ref_params = dict(model.named_parameters()), dict(ref.named_parameters())
+    for n, before in pretrained.items():
+        if n in head:
+            continue
+        moved = mask.dense(n) if n in mask.indices else torch.zeros_like(before, dtype=torch.bool)
+        assert torch.equal(params[n][~moved], before[~moved]), f"{n}: an unmasked entry changed"
+        assert torch.allclose(params[n], ref_params[n], rtol=1e-4, atol=1e-6), n
+    with torch.no_grad():
+        b = {k: v for k, v in collate(ex[:4]).items() if k != "labels"}
+        assert torch.allclose(model.eval()(**b).logits, ref.eval()(**b).logits, atol=1e-5)
+
+
+def test_blocked_under_bf16_autocast_follows_the_dense_path():
+    model = tiny_model("llama")
+    head = head_names(model)
+    mask = _structured_mask(model, head)
+    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
+    apply_mask(model, mask, trainable=head, weight_grad="blocks")
+    model.train()
+    b = collate(tiny_examples(4))
+    for m in (ref, model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m(**b).loss
+        loss.backward()
+    want, got = ref.fishtune_masked.delta0.grad, model.fishtune_masked.delta0.grad
+    assert got.dtype == torch.float32
+    assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+def test_unknown_weight_grad_is_refused():
+    model = tiny_model("bert")
+    head = head_names(model)
+    with pytest.raises(ValueError, match="weight_grad must be dense|blocks"):
+        apply_mask(model, _structured_mask(model, head), trainable=head, weight_grad="sampled")
+    assert not hasattr(model, "fishtune_masked")
