@@ -42,7 +42,7 @@ bench() {
   echo "## $name" >>"$RES"
   echo '```' >>"$RES"
   echo "\$ $*" >>"$RES"
-  sed -n '/^### '"$name"':/,$p' "$LOG" | grep -E "(: ours .* reference .* ratio|^model |^hooks|^peak|^ *(dense|dense-mask|sparse|sparse-noemb|lora-r8):|^toy|^ours|difference)" >>"$RES"
+  sed -n '/^### '"$name"':/,$p' "$LOG" | grep -E "(: ours .* reference .* ratio|^model |^hooks|^peak|^weight_grad|^ *(dense|dense-mask|sparse|sparse-noemb|lora-r8):|^toy|^ours|difference)" >>"$RES"
   echo "(exit $rc, $((SECONDS - t0)) s)" >>"$RES"
   echo '```' >>"$RES"
 }
@@ -85,6 +85,7 @@ fi
 echo "## run.py (MiniLM; SST-2: 30,000 sentences, 1 epoch; RTE: IRD ladder, 3 epochs per cell)" >>"$RES"
 runpy fish "$PWD" "${SST[@]}" method=fish
 runpy dense "$PWD" "${SST[@]}" method=dense
+runpy fish-blocks "$PWD" "${SST[@]}" method=fish mask.weight_grad=blocks
 runpy ird-ladder "$PWD" "${LADDER[@]}"
 [ -f .gpu/old/run.py ] && runpy old-fish "$PWD/.gpu/old" "${SST[@]}" method=fish
 echo >>"$RES"
@@ -94,6 +95,7 @@ if [ "$DEVICE" = cuda ]; then
   bench epoch-bert-base 90 $PY bench/epoch.py --model bert-base --random-init --device cuda --samples 2048 --batch 32
   bench step-minilm 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 32
   bench step-bert-base 60 $PY bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
+  bench step-minilm-blocks 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 64 --mask fish --weight-grad blocks
 fi
 [ -f .gpu/old/run.py ] && runpy old-ird-ladder "$PWD/.gpu/old" "${LADDER[@]}"
 cat "$RES"

@@ -22,7 +22,7 @@ import statistics
 import common
 import torch
 
-from fishtune.core.masked import MaskedAdamW, apply_mask
+from fishtune.core.masked import MaskedAdamW, apply_mask, weight_grad_summary
 from fishtune.models import head_names
 from fishtune.train.loop import train_step
 
@@ -60,13 +60,10 @@ def main() -> None:
     apply_mask(masked, mask, trainable=head, weight_grad=args.weight_grad)
     if args.weight_grad == "blocks":  # the same mask with autograd's dense dW, timed beside it
         models["masked, dense dW"] = apply_mask(build().train(), mask, trainable=head)
-    segs = [s for _, s in masked.fishtune_masked.segments() if len(s.shape) == 2]
-    blocked = [s for s in segs if s.plan is not None]
-    if blocked:
-        share = sum(s.plan.share * s.shape[0] * s.shape[1] for s in blocked) / sum(s.shape[0] * s.shape[1]
-                                                                                      for s in blocked)
-        print(f"weight_grad=blocks: {len(blocked)} of {len(segs)} masked matrices compute a block of dW, "
-              f"{100 * share:.1f} % of their full products")
+    blocks = weight_grad_summary(masked)
+    if blocks["blocked"]:
+        print(f"weight_grad=blocks: {blocks['blocked']} of {blocks['matrices']} masked matrices compute a block of "
+              f"dW, {blocks['block_share_percent']:.1f} % of their full products")
     opts = {k: MaskedAdamW(m, lr=1e-4) for k, m in models.items()}
     cfg = models["dense"].config
     gen = torch.Generator().manual_seed(args.seed)

@@ -97,6 +97,26 @@ def test_resume_key_holds_only_the_runs_own_method_lr():
     own["train"]["method_lr"]["fish"] = 3e-3
     assert config_hash(own) != config_hash(base)
     assert base["train"]["method_lr"] == {"fish": 1e-3} and "progress" in base["train"]  # the config is untouched
+    # mask.weight_grad=dense is the exact path results before the option were trained with: same key
+    with_default = copy.deepcopy(base)
+    base["mask"] = {"scope": "global"}
+    with_default["mask"] = {"scope": "global", "weight_grad": "dense"}
+    assert config_hash(with_default) == config_hash(base)
+    with_default["mask"]["weight_grad"] = "blocks"
+    assert config_hash(with_default) != config_hash(base)
+
+
+@needs_minilm
+def test_minilm_fish_with_weight_grad_blocks(tmp_path):
+    """run.py trains with `mask.weight_grad=blocks` and records how much of dW it computed: on real MiniLM a
+    FISH mask's matrices hold their entries in a few columns, so most compute a small block."""
+    run(["model=minilm", "task=glue/rte", "method=fish", "sparsity=0.5", "train=debug", "data.max_train_samples=48",
+         "data.max_eval_samples=24", "fisher.num_samples=8", "mask.weight_grad=blocks", "hydra.run.dir=job"],
+        tmp_path, check=True)
+    r = read_result(tmp_path / "job" / "result.json")
+    assert r["status"] == "ok" and r["trainable_params"] == 113566
+    wg = r["info"]["weight_grad"]
+    assert wg["matrices"] > 0 and wg["blocked"] > wg["matrices"] / 2 and wg["block_share_percent"] < 50
 
 
 def test_killed_ladder_job_finishes_the_rest(tmp_path):

@@ -56,6 +56,15 @@ def plan(shape: tuple[int, ...], indices: torch.Tensor, max_share: float = MAX_S
     return Plan(0, rows, r_at * inn + c, share)
 
 
+def summary(plans: list[tuple[tuple[int, ...], Plan | None]]) -> dict[str, float]:
+    """How much of the masked matrices' dW a model computes: ``(shape, plan)`` per masked matrix ->
+    matrices with a block, all masked matrices, and the blocks' share of their full products (percent)."""
+    blocked = [(s, p) for s, p in plans if p is not None]
+    size = sum(s[0] * s[1] for s, _ in blocked)
+    share = sum(p.share * s[0] * s[1] for s, p in blocked) / size if size else 1.0
+    return {"blocked": len(blocked), "matrices": len(plans), "block_share_percent": round(100 * share, 3)}
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     kind = x.device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype

@@ -38,7 +38,8 @@ from . import _blocked
 from .masks import Mask
 
 __all__ = ["MaskedWeights", "MaskedTensor", "apply_mask", "merge", "masked_tensors", "sync_weights",
-           "sparse_delta", "save_delta", "load_delta", "apply_delta", "MaskedAdamW", "trainable_count"]
+           "sparse_delta", "save_delta", "load_delta", "apply_delta", "MaskedAdamW", "trainable_count",
+           "weight_grad_summary"]
 
 STATE = "fishtune_masked"  # the submodule `apply_mask` adds to the model
 
@@ -174,6 +175,13 @@ class MaskedWeights(nn.Module):
 
 def _states(model: nn.Module) -> list[MaskedWeights]:
     return [m for m in model.modules() if isinstance(m, MaskedWeights)]
+
+
+def weight_grad_summary(model: nn.Module) -> dict[str, float]:
+    """Of the masked matrices, how many compute only a block of dW (``weight_grad="blocks"``) and that
+    block's share of their full weight-gradient products, in percent."""
+    return _blocked.summary([(s.shape, s.plan) for st in _states(model) for _, s in st.segments()
+                             if len(s.shape) == 2])
 
 
 def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, ...] = (),

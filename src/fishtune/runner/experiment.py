@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..core.masked import apply_mask, merge, save_delta, trainable_count
+from ..core.masked import apply_mask, merge, save_delta, trainable_count, weight_grad_summary
 from ..core.selection import Selector
 from ..data.glue import DataUnavailable, load_task, tokenize
 from ..data.metrics import majority_score
@@ -45,8 +45,11 @@ NOT_IN_KEY_TRAIN = ("progress",)
 def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
-    torch/transformers/peft versions), to tell finished work of the same job."""
+    torch/transformers/peft versions), to tell finished work of the same job. ``mask.weight_grad`` counts
+    only when it is not ``dense``, the exact path every result before it was trained with."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
+    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
+        key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
         method = (key.get("method") or {}).get("name")
@@ -309,7 +312,10 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own
     num_params = prep.selector.num_params
     head_count = sum(p.numel() for n, p in model.named_parameters() if n in head)
     if plan.mask is not None:
-        apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head)
+        apply_mask(model, plan.mask, trainable=[] if rc.mask.include_head else head,
+                   weight_grad=rc.mask.weight_grad)
+        if rc.mask.weight_grad != "dense":
+            plan.info["weight_grad"] = weight_grad_summary(model)
     if plan.wrap is None:
         train_model = model
     else:
