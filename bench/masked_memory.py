@@ -3,10 +3,14 @@ training step, bytes autograd keeps for the backward, step time and (on a GPU) p
 fine-tuning, the reference masked way (dense gradients × mask, dense AdamW), fishtune's masked training
 (`apply_mask` + `MaskedAdamW`, the step `run.py` takes) and peft LoRA r=8. Every optimizer is AdamW (fused
 on CUDA); bf16 autocast on CUDA. The last lines compare ours with dense fine-tuning and with LoRA.
+`--mask fish` uses one FISH mask (64 SST-2 sentences) for every kind instead of a random one, and
+`--weight-grad blocks` trains ours with `apply_mask(weight_grad="blocks")`: a masked Linear then keeps only
+the input columns its dW block needs for the backward, not the whole input.
 
     python bench/masked_memory.py --quick
     python bench/masked_memory.py --model bert-base --random-init --device cuda --batch 32 --seq 128
     python bench/masked_memory.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256
+    python bench/masked_memory.py --quick --mask fish --weight-grad blocks
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _adamw(params, device: str):
     return torch.optim.AdamW(params, lr=1e-4, fused=True if device.startswith("cuda") else None)
 
 
-def _setup(kind: str, model, mask, head, device: str):
+def _setup(kind: str, model, mask, head, device: str, weight_grad: str = "dense"):
     """(model, optimizer) for one training kind."""
     if kind == "dense":
         return model, _adamw(model.parameters(), device)
@@ -48,7 +52,7 @@ def _setup(kind: str, model, mask, head, device: str):
         if kind == "sparse-noemb":
             emb = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding) for n in [n + ".weight"]}
             mask = type(mask)({n: i for n, i in mask.indices.items() if n not in emb}, mask.shapes)
-        apply_mask(model, mask, trainable=head)
+        apply_mask(model, mask, trainable=head, weight_grad=weight_grad)
         return model, MaskedAdamW(model, lr=1e-4)
     from peft import LoraConfig, get_peft_model
 
@@ -69,13 +73,14 @@ class _Saved:
         return t
 
 
-def run(args, kind: str, data, ratio: float) -> tuple[int, float, float, int]:
+def run(args, kind: str, data, ratio: float, mask=None) -> tuple[int, float, float, int]:
     """(bytes held in grads + optimizer state, median step seconds, peak GPU bytes or 0, bytes autograd
-    keeps for one backward beyond the parameters)."""
+    keeps for one backward beyond the parameters). ``mask``: None draws a random one."""
     model = common.build_model(args)
     head = head_names(model)
-    mask = common.random_mask(model, ratio, exclude=head, seed=args.seed)
-    model, opt = _setup(kind, model, mask, head, args.device)
+    if mask is None:
+        mask = common.random_mask(model, ratio, exclude=head, seed=args.seed)
+    model, opt = _setup(kind, model, mask, head, args.device, args.weight_grad)
     model.train()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -107,6 +112,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="default 8 with --quick, else 16")
     p.add_argument("--seq", type=int, default=None, help="pad every sample to this length (default: dynamic)")
     p.add_argument("--steps", type=int, default=None, help="timed steps after 3 untimed (default 2 / 10)")
+    p.add_argument("--mask", default="random", choices=["random", "fish"])
+    p.add_argument("--weight-grad", default="dense", choices=["dense", "blocks"], help="apply_mask's option (ours)")
     args = p.parse_args()
     steps = 3 + (args.steps or (2 if args.quick else 10))
     args.batch = args.batch or (8 if args.quick else 16)
@@ -117,16 +124,22 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         rows = [(torch.randint(3, vocab, (args.seq,), generator=gen).tolist(), y) for _, y in rows]
     data = common.batches(rows, args.batch, pad, pad_to=args.seq, device=args.device)
+    mask = None
+    if args.mask == "fish":
+        model = common.build_model(args)
+        mask = common.fish_mask(model, args.ratio, head_names(model), seed=args.seed)
+        del model
     out = {}
     for kind in [k for k in KINDS if not (args.quick and k == "sparse-noemb")]:  # a GPU diagnostic
-        out[kind] = run(args, kind, data, args.ratio)
+        out[kind] = run(args, kind, data, args.ratio, mask)
         held, t, peak, kept = out[kind]
         gpu = f", peak GPU {peak / 2**30:.2f} GiB" if peak else ""
         print(f"{kind:>11}: grads + optimizer state {held / 2**20:10.3f} MiB, kept for backward "
               f"{kept / 2**20:9.2f} MiB, step {t * 1e3:8.1f} ms{gpu}", flush=True)
     ours, ref, dense, lora = out["sparse"], out["dense-mask"], out["dense"], out["lora-r8"]
     print(f"model {args.model}, batch {args.batch} × {args.seq or 'dynamic'}, {args.device}"
-          f"{', bf16 autocast' if args.device.startswith('cuda') else ''}, mask {args.ratio:g}% random")
+          f"{', bf16 autocast' if args.device.startswith('cuda') else ''}, mask {args.ratio:g}% {args.mask}, "
+          f"ours weight_grad={args.weight_grad}")
     common.report(f"grads+optimizer memory at {args.ratio:g}% mask (sparse vs dense-grad×mask)",
                   ours[0] / 2**20, ref[0] / 2**20, "MiB", higher_is_better=False)
     common.report("step time (sparse vs dense-grad×mask)", ours[1] * 1e3, ref[1] * 1e3, "ms", higher_is_better=False)
