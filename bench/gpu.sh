@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 15 in one call (about 5 minutes on one H100/H200; nothing downloaded: random-init
-# paper-size models, MiniLM from its package). Writes <date>-<gpu>.md with every bench's last lines, and
+# Every GPU check of issue 15 in one call (about 7 minutes on one H100/H200, estimated: it has never run on a
+# GPU; nothing downloaded: random-init paper-size models, MiniLM from its package). Writes <date>-<gpu>.md with every bench's last lines, and
 # the full log, into $OUT (the device tool's folder) or bench/results/.
 #   on the GPU machine:  source .gpu/env.sh && bash bench/gpu.sh
 # When .gpu/old/ holds an older checkout (bench/README.md says how), its run.py runs beside ours as the
@@ -96,6 +96,7 @@ if [ "$DEVICE" = cuda ]; then
   bench step-minilm 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 32
   bench step-bert-base 60 $PY bench/step.py --model bert-base --random-init --device cuda --batch 32 --seq 128
   bench step-minilm-blocks 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 64 --mask fish --weight-grad blocks
+  bench step-llama-1b-blocks 120 $PY bench/step.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256 --steps 20 --mask fish --weight-grad blocks
 fi
 [ -f .gpu/old/run.py ] && runpy old-ird-ladder "$PWD/.gpu/old" "${LADDER[@]}"
 cat "$RES"
