@@ -133,6 +133,18 @@ def test_blocked_under_bf16_autocast_follows_the_dense_path():
     assert float((got - want).norm() / want.norm()) < 2e-2
 
 
+@pytest.mark.parametrize("weight_grad", ["dense", "blocks"])
+def test_a_masked_model_refuses_deepcopy(weight_grad):
+    """A copy would share the gradient hooks / blocked forwards of the original (training nothing, or writing
+    into the original's gradient): refused with one line; after merge the model copies again."""
+    model = tiny_model("bert")
+    head = head_names(model)
+    apply_mask(model, _structured_mask(model, head), trainable=head, weight_grad=weight_grad)
+    with pytest.raises(TypeError, match="merge"):
+        copy.deepcopy(model)
+    copy.deepcopy(merge(model))
+
+
 def test_unknown_weight_grad_is_refused():
     model = tiny_model("bert")
     head = head_names(model)

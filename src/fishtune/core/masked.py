@@ -169,6 +169,11 @@ class MaskedWeights(nn.Module):
         for g in self.groups:
             g.sync()
 
+    def __deepcopy__(self, memo):
+        # gradient hooks and blocked forwards are bound to this model's tensors: a copy would train nothing
+        # (or write into this model's gradient), so refuse instead of copying silently
+        raise TypeError("a masked model cannot be deep-copied: merge(model) first, or apply the mask to a copy")
+
     def segments(self):
         return [(g, s) for g in self.groups for s in g.segments]
 
