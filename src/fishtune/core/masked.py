@@ -15,6 +15,8 @@ fine-tuning"). How a step runs:
 - After the optimizer changes ``delta``, one scatter writes W0[idx] + delta back into the flat buffer
   (`MaskedAdamW.step` does it at once; with any other optimizer the model's forward pre-hook does it before
   each forward). The update equals a dense AdamW step on dense gradients × mask.
+- ``weight_grad="blocks"``: a masked `nn.Linear` whose entries lie in a few rows or columns computes only
+  that block of dW instead of the dense product (`_blocked`); its weight gets no dense gradient and no hook.
 
 AdamW's decoupled weight decay acts on the effective weight W0+delta in `MaskedAdamW`, exactly as a dense
 AdamW on the masked entries would; a stock optimizer (e.g. the one `Trainer` builds) decays delta toward
