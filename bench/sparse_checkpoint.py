@@ -15,7 +15,8 @@ import common
 import torch
 from safetensors.torch import save_file
 
-from fishtune.core.masked import MaskedAdamW, apply_delta, apply_mask, merge, save_delta
+from fishtune.core.deltas import apply_delta, save_delta
+from fishtune.core.masked import MaskedAdamW, apply_mask, merge
 from fishtune.models import head_names
 
 

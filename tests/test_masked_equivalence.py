@@ -10,7 +10,8 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
-from fishtune.core.masked import MaskedAdamW, apply_delta, apply_mask, save_delta
+from fishtune.core.deltas import apply_delta, save_delta
+from fishtune.core.masked import MaskedAdamW, apply_mask
 from fishtune.core.masks import Mask
 from fishtune.models import head_names
 

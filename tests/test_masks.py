@@ -96,7 +96,8 @@ def test_bitfit_selects_only_biases():
 
 
 def test_sparse_delta_for_another_model_or_corrupted(tmp_path):
-    from fishtune.core.masked import apply_delta, apply_mask, save_delta
+    from fishtune.core.deltas import apply_delta, save_delta
+    from fishtune.core.masked import apply_mask
 
     model = tiny_model("bert")
     mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)
@@ -118,7 +119,8 @@ def test_apply_delta_is_all_or_nothing(tmp_path):
     ValueError and leaves the model exactly as it was."""
     from safetensors.torch import load_file, save_file
 
-    from fishtune.core.masked import apply_delta, apply_mask, save_delta
+    from fishtune.core.deltas import apply_delta, save_delta
+    from fishtune.core.masked import apply_mask
 
     model = tiny_model("bert")
     mask = select_top_k({n: torch.rand(p.shape) for n, p in model.named_parameters()}, 50)

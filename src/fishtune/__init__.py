@@ -23,8 +23,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(["FisherResult", "compute_fisher", "per_sample_loss"], "core.fisher"),
     **dict.fromkeys(["Cell", "fish_ladder", "grid", "ird_walk", "staircase"], "core.ird"),
-    **dict.fromkeys(["MaskedAdamW", "apply_delta", "apply_mask", "load_delta", "merge", "masked_tensors",
-                     "save_delta", "sparse_delta", "sync_weights", "trainable_count"], "core.masked"),
+    **dict.fromkeys(["MaskedAdamW", "apply_mask", "merge", "masked_tensors", "sync_weights", "trainable_count",
+                     "weight_grad_summary"], "core.masked"),
+    **dict.fromkeys(["apply_delta", "load_delta", "save_delta", "sparse_delta"], "core.deltas"),
     **dict.fromkeys(["Mask", "mask_from_names", "num_selected", "select_top_k"], "core.masks"),
     "head_names": "models",
     **dict.fromkeys(["Selector", "draw_samples", "fish_mask"], "core.selection"),
@@ -45,19 +46,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .core.deltas import apply_delta, load_delta, save_delta, sparse_delta  # noqa: F401
     from .core.fisher import FisherResult, compute_fisher, per_sample_loss  # noqa: F401
     from .core.ird import Cell, fish_ladder, grid, ird_walk, staircase  # noqa: F401
     from .core.masked import (  # noqa: F401
         MaskedAdamW,
-        apply_delta,
         apply_mask,
-        load_delta,
         masked_tensors,
         merge,
-        save_delta,
-        sparse_delta,
         sync_weights,
         trainable_count,
+        weight_grad_summary,
     )
     from .core.masks import Mask, mask_from_names, num_selected, select_top_k  # noqa: F401
     from .core.selection import Selector, draw_samples, fish_mask  # noqa: F401

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..core.masked import apply_mask, merge, save_delta, trainable_count, weight_grad_summary
+from ..core.deltas import save_delta
+from ..core.masked import apply_mask, merge, trainable_count, weight_grad_summary
 from ..core.selection import Selector
 from ..data.glue import DataUnavailable, load_task, tokenize
 from ..data.metrics import majority_score
