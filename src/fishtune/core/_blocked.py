@@ -1,4 +1,5 @@
-"""Masked `nn.Linear` layers whose weight gradient is computed only where the mask has entries.
+"""Masked `nn.Linear` (and GPT-2's `Conv1D`) layers whose weight gradient is computed only where the mask
+has entries.
 
 A masked step needs k entries of a Linear's weight gradient dW = dYᵀX (out × in), yet autograd computes all
 of it, a third of the layer's training FLOPs. Fisher masks are concentrated: on MiniLM/SST-2 at 0.5 % most
@@ -7,7 +8,8 @@ masked weight matrices hold their entries in a handful of input features (column
 
     dW[:, C] = dYᵀ X[:, C]        or        dW[R, :] = dY[:, R]ᵀ X,
 
-and only X[:, C] needs saving for it. `plan` picks the cheaper block for a mask when it costs at most
+and only X[:, C] needs saving for it (GPT-2's `Conv1D` stores W as in × out: the same with rows and columns
+swapped). `plan` picks the cheaper block for a mask when it costs at most
 `MAX_SHARE` of the full product (else the layer keeps autograd's dense gradient); `blocked_forward` is the
 layer's forward in training: y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k
 entries handed to ``write`` (`masked._Group.write`). Under autocast the matmuls run in the autocast dtype,
@@ -38,9 +40,21 @@ class Plan:
     share: float  # the block's size over the full matrix's
 
 
+def blockable(module: nn.Module, attr: str) -> bool:
+    """Whether ``module.<attr>`` is the weight of a layer `blocked_forward` can run (exact types only: a
+    subclass may change the forward)."""
+    return attr == "weight" and (type(module) is nn.Linear or _is_conv1d(module))
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D  # only a model that has one needs transformers here
+
+    return type(module) is Conv1D
+
+
 def plan(shape: tuple[int, ...], indices: torch.Tensor, max_share: float = MAX_SHARE) -> Plan | None:
-    """The cheaper of the row and column block holding every selected flat index of an out × in weight,
-    or None when it is more than ``max_share`` of the full product (or the tensor is not a matrix)."""
+    """The cheaper of the row and column block holding every selected flat index of a weight matrix, or None
+    when it is more than ``max_share`` of the full product (or the tensor is not a matrix)."""
     if len(shape) != 2 or indices.numel() == 0:
         return None
     out, inn = shape
@@ -71,20 +85,25 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _BlockedLinear(torch.autograd.Function):
-    """y = F.linear(x, weight, bias) whose backward gives dX and db, and dW only at the plan's block (passed
-    to ``write``, not returned: the weight is frozen). ``anchor`` (the trainable delta) only makes sure the
-    backward runs when nothing else before the layer needs a gradient; it gets none from here."""
+    """y = x Wᵀ + b (``conv1d``: x W + b, W stored in × out) whose backward gives dX and db, and dW only at
+    the plan's block (passed to ``write``, not returned: the weight is frozen). ``anchor`` (the trainable
+    delta) only makes sure the backward runs when nothing else before the layer needs a gradient; it gets
+    none from here."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor], None]):
+    def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor], None], conv1d: bool):
         dt = _compute_dtype(x)
         xc, wc = x.to(dt), weight.to(dt)
         bc = None if bias is None else bias.to(dt)
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.linear(xc, wc, bc)
         x2 = xc.reshape(-1, xc.shape[-1])
-        ctx.save_for_backward(x2.index_select(1, plan.keep) if plan.axis == 1 else x2, wc)
-        ctx.plan, ctx.write = plan, write
+        with torch.autocast(x.device.type, enabled=False):
+            if conv1d:
+                y = (x2 @ wc if bc is None else torch.addmm(bc, x2, wc)).view(*xc.shape[:-1], wc.shape[1])
+            else:
+                y = F.linear(xc, wc, bc)
+        by_inputs = plan.axis == (0 if conv1d else 1)  # the block is a set of input features: keep only them
+        ctx.save_for_backward(x2.index_select(1, plan.keep) if by_inputs else x2, wc)
+        ctx.plan, ctx.write, ctx.conv1d, ctx.by_inputs = plan, write, conv1d, by_inputs
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         ctx.b_dtype = None if bias is None else bias.dtype
         return y
@@ -94,20 +113,27 @@ class _BlockedLinear(torch.autograd.Function):
         xs, wc = ctx.saved_tensors
         p = ctx.plan
         dy2 = dy.reshape(-1, dy.shape[-1])
-        block = dy2.t() @ xs if p.axis == 1 else dy2.index_select(1, p.keep).t() @ xs
+        if not ctx.by_inputs:  # the block is a set of outputs: only their dY columns
+            dy2 = dy2.index_select(1, p.keep)
+        block = xs.t() @ dy2 if ctx.conv1d else dy2.t() @ xs  # in × out (Conv1D) or out × in (Linear) block
         ctx.write(block.reshape(-1).index_select(0, p.local).to(ctx.w_dtype))
-        dx = (dy @ wc).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        db = dy2.sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
-        return dx, None, db, None, None, None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy @ (wc.t() if ctx.conv1d else wc)).to(ctx.x_dtype)
+        db = dy.reshape(-1, dy.shape[-1]).sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
+        return dx, None, db, None, None, None, None
 
 
-def blocked_forward(module: nn.Linear, anchor: torch.Tensor, p: Plan, write: Callable[[torch.Tensor], None]):
-    """The forward to bind to a masked ``module`` (instance attribute; `masked.merge` removes it): the
-    blocked Function while gradients are recorded, the plain `F.linear` otherwise."""
+def blocked_forward(module: nn.Module, anchor: torch.Tensor, p: Plan, write: Callable[[torch.Tensor], None]):
+    """The forward to bind to a masked ``module`` (an `nn.Linear` or `Conv1D`; an instance attribute that
+    `masked.merge` removes): the blocked Function while gradients are recorded, the class's own forward
+    otherwise."""
+    conv1d = _is_conv1d(module)
+    plain = type(module).forward.__get__(module)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
-            return F.linear(x, module.weight, module.bias)
-        return _BlockedLinear.apply(x, module.weight, module.bias, anchor, p, write)
+            return plain(x)
+        return _BlockedLinear.apply(x, module.weight, module.bias, anchor, p, write, conv1d)
 
     return forward

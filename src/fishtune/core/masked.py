@@ -15,8 +15,9 @@ fine-tuning"). How a step runs:
 - After the optimizer changes ``delta``, one scatter writes W0[idx] + delta back into the flat buffer
   (`MaskedAdamW.step` does it at once; with any other optimizer the model's forward pre-hook does it before
   each forward). The update equals a dense AdamW step on dense gradients × mask.
-- ``weight_grad="blocks"``: a masked `nn.Linear` whose entries lie in a few rows or columns computes only
-  that block of dW instead of the dense product (`_blocked`); its weight gets no dense gradient and no hook.
+- ``weight_grad="blocks"``: a masked `nn.Linear` (or GPT-2 `Conv1D`) whose entries lie in a few rows or
+  columns computes only that block of dW instead of the dense product (`_blocked`); its weight gets no
+  dense gradient and no hook.
 
 AdamW's decoupled weight decay acts on the effective weight W0+delta in `MaskedAdamW`, exactly as a dense
 AdamW on the masked entries would; a stock optimizer (e.g. the one `Trainer` builds) decays delta toward
@@ -152,7 +153,7 @@ class MaskedWeights(nn.Module):
                 for module, attr in seg.owners:  # tied weights: every module holding the tensor
                     module._parameters.pop(attr)
                     module.register_buffer(attr, seg.weight)
-                linear = all(type(m) is nn.Linear and a == "weight" for m, a in seg.owners)
+                linear = all(_blocked.blockable(m, a) for m, a in seg.owners)
                 seg.plan = _blocked.plan(seg.shape, seg.indices) if weight_grad == "blocks" and linear else None
                 if seg.plan is None:
                     seg.handle = seg.weight.register_post_accumulate_grad_hook(group.hook(i))
@@ -194,9 +195,9 @@ def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, .
 
     ``trainable`` names parameters trained densely as they are (the task head). Every other parameter gets
     ``requires_grad=False``. ``weight_grad``: "dense" (autograd's full weight gradient, gathered: the
-    update is bit-identical to dense gradients × mask) or "blocks" (a masked `nn.Linear` computes only the
-    rows or columns of its weight gradient that hold selected entries when that is at most half the
-    product, `_blocked`; equal up to summation order). Raises ValueError when the mask does not fit the
+    update is bit-identical to dense gradients × mask) or "blocks" (a masked `nn.Linear`/`Conv1D` computes
+    only the rows or columns of its weight gradient that hold selected entries when that is at most half
+    the product, `_blocked`; equal up to summation order). Raises ValueError when the mask does not fit the
     model, one is applied already, or ``weight_grad`` is unknown. Apply it after moving the model to its
     device and dtype.
     """
