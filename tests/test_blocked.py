@@ -40,6 +40,16 @@ def _structured_mask(model, head, seed=0) -> Mask:
     return Mask(idx, shapes)
 
 
+def _pair(arch: str, seed: int = 0):
+    """(reference masked with dense dW, the same model masked with blocks, mask, head), both in train mode."""
+    model = tiny_model(arch)
+    head = head_names(model)
+    mask = _structured_mask(model, head, seed=seed)
+    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
+    apply_mask(model, mask, trainable=head, weight_grad="blocks")
+    return ref, model.train(), mask, head
+
+
 def test_plan_picks_the_smaller_block_and_finds_every_entry():
     full = torch.randn(12, 40)
     cols = torch.tensor([3, 17])
@@ -60,12 +70,7 @@ def test_plan_picks_the_smaller_block_and_finds_every_entry():
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
 def test_blocked_gradient_equals_the_dense_gradient_at_the_mask(arch):
     """Accumulated over two backwards; GPT-2's Conv1D layers (W stored in × out) block too."""
-    model = tiny_model(arch)
-    head = head_names(model)
-    mask = _structured_mask(model, head)
-    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
-    apply_mask(model, mask, trainable=head, weight_grad="blocks")
-    model.train()
+    ref, model, mask, head = _pair(arch)
     axes = {s.plan.axis for _, s in model.fishtune_masked.segments() if s.plan is not None}
     assert axes == {0, 1}, "both a row and a column block are exercised"
     ex = tiny_examples(8)
@@ -86,13 +91,8 @@ def test_blocked_gradient_equals_the_dense_gradient_at_the_mask(arch):
 
 
 def test_blocked_training_matches_dense_and_merge_restores_the_layers():
-    model = tiny_model("bert")
-    head = head_names(model)
-    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mask = _structured_mask(model, head, seed=1)
-    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
-    apply_mask(model, mask, trainable=head, weight_grad="blocks")
-    model.train()
+    pretrained = {n: p.detach().clone() for n, p in tiny_model("bert").named_parameters()}
+    ref, model, mask, head = _pair("bert", seed=1)
     opts = [MaskedAdamW(m, lr=1e-2, weight_decay=0.1) for m in (ref, model)]
     ex = tiny_examples(12, seed=2)
     for step in range(3):
@@ -119,12 +119,7 @@ def test_blocked_training_matches_dense_and_merge_restores_the_layers():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_blocked_under_bf16_autocast_follows_the_dense_path(arch):
-    model = tiny_model(arch)
-    head = head_names(model)
-    mask = _structured_mask(model, head)
-    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
-    apply_mask(model, mask, trainable=head, weight_grad="blocks")
-    model.train()
+    ref, model, _, _ = _pair(arch)
     b = collate(tiny_examples(4))
     for m in (ref, model):
         torch.manual_seed(0)  # the same dropout masks
