@@ -156,6 +156,33 @@ def random_mask(model, ratio: float, exclude=(), seed: int = 0):
     return Mask(indices, shapes)
 
 
+def column_mask(model, ratio: float, exclude=(), seed: int = 0):
+    """Like `random_mask`, but each weight matrix of a Linear (or Conv1D) holds its entries in a few random
+    input features (k entries drawn from about 2k in the chosen columns): the shape FISH masks take on real
+    weights, so that every masked matrix computes a block with ``weight_grad="blocks"``."""
+    from fishtune.core.masks import Mask
+
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {f"{n}.weight": 0 if type(m).__name__ == "Conv1D" else 1 for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    indices, shapes = {}, {}
+    for n, p in model.named_parameters():
+        if n in exclude:
+            continue
+        k = max(1, int(ratio / 100 * p.numel()))
+        if n in inputs and p.dim() == 2:
+            axis = inputs[n]
+            cols = torch.randperm(p.shape[axis], generator=gen)[:max(1, -(-2 * k // p.shape[1 - axis]))]
+            pick = torch.randperm(p.shape[1 - axis] * len(cols), generator=gen)[:k]  # k of those columns' entries
+            o, c = pick // len(cols), cols[pick % len(cols)]
+            r, col = (o, c) if axis == 1 else (c, o)
+            indices[n] = torch.unique(r * p.shape[1] + col)
+        else:
+            indices[n] = torch.unique(torch.randint(p.numel(), (k,), generator=gen))
+        shapes[n] = tuple(p.shape)
+    return Mask(indices, shapes)
+
+
 def fish_mask(model, ratio: float, head, samples: int = 64, seed: int = 0):
     """FISH Mask (the library's `fish_mask`) of ``ratio`` percent over ``samples`` SST-2 sentences: on real
     weights its entries concentrate in a few input features per matrix, unlike `random_mask`'s."""

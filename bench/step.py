@@ -43,7 +43,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=24)
     p.add_argument("--steps", type=int, default=None, help="timed steps per side (default 30, GPU 50)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the proxy uses one)")
-    p.add_argument("--mask", default="random", choices=["random", "fish"])
+    p.add_argument("--mask", default="random", choices=["random", "fish", "columns"],
+                   help="columns: common.column_mask, a few input features per matrix (FISH's shape)")
     p.add_argument("--weight-grad", default="dense", choices=["dense", "blocks"], help="apply_mask's option")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,6 +56,8 @@ def main() -> None:
     head = head_names(masked)
     if args.mask == "fish":
         mask = common.fish_mask(masked, args.ratio, head, seed=args.seed)
+    elif args.mask == "columns":
+        mask = common.column_mask(masked, args.ratio, exclude=head, seed=args.seed)
     else:
         mask = common.random_mask(masked, args.ratio, exclude=head, seed=args.seed)
     apply_mask(masked, mask, trainable=head, weight_grad=args.weight_grad)
