@@ -42,6 +42,20 @@ def test_majority_row_is_listed_and_never_bold(tmp_path):
     assert long.loc[long["method"] == "dense", "best"].item()
 
 
+def test_a_learning_rate_sweep_shows_its_best_lr_in_table2(tmp_path):
+    """Runs of one method and seed at several lrs are one entry, the best (the order of the folders, which
+    decided it before, no longer does); a real second seed still counts as a seed."""
+    r = tmp_path / "s"
+    for i, (lr, score) in enumerate(((1e-4, 0.75), (2e-4, 0.81), (5e-4, 0.51))):
+        _with(run(r / f"a{i}", "sst2", "dense", "0.5", seed=42, score=score, trainable_ratio=100.0),
+              info={"lr": lr})
+    _with(run(r / "b", "sst2", "fish", "0.5", seed=1, score=0.6), info={"lr": 1e-3})
+    _with(run(r / "c", "sst2", "fish", "0.5", seed=2, score=0.7), info={"lr": 1e-3})
+    long = table2_data(collect(r)).set_index("method")
+    assert long.loc["dense", "mean"] == pytest.approx(0.81) and long.loc["dense", "n_ok"] == 1
+    assert long.loc["fish", "mean"] == pytest.approx(0.65) and long.loc["fish", "n_ok"] == 2
+
+
 def test_above_majority_finds_a_method_that_learned_and_none_that_did_not(tmp_path):
     r = tmp_path / "s"
     for seed, majority in ((1, 0.50), (2, 0.53), (3, 0.48)):

@@ -56,10 +56,12 @@ def _entries(df: pd.DataFrame) -> pd.DataFrame:
     keep = [row.kind == "single" or row.ratio_key not in has_single.get((row.model, row.method, row.task), set())
             for row in e.itertuples()]
     e = e[keep]
-    # one entry per seed: a repeat of the same seed (e.g. BitFit swept over sparsities) is not a new seed
-    e = e.assign(_bad=(e["status"] != "ok")).sort_values("_bad", kind="stable")
+    # one entry per seed: a repeat of the same seed (BitFit swept over sparsities, a learning-rate sweep) is
+    # not a new seed; the best ok repeat stands for it (a sweep's row is its best lr, as the sweep chooses)
+    e = e.assign(_bad=(e["status"] != "ok"), _neg=-e["score"].fillna(-math.inf))
+    e = e.sort_values(["_bad", "_neg"], kind="stable")
     dup = e.duplicated(["model", "method", "task", "ratio_key", "seed"]) & e["seed"].notna()
-    return e[~dup].drop(columns="_bad")
+    return e[~dup].drop(columns=["_bad", "_neg"]).sort_index()  # back in the order the runs were read
 
 
 def _text(mean: float, std: float, n_ok: int, n_failed: int, n_skipped: int) -> str:
