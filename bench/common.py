@@ -200,6 +200,15 @@ def fish_mask(model, ratio: float, head, samples: int = 64, seed: int = 0):
     return fish(sel, ratio, samples, seed)[0]
 
 
+def make_mask(kind: str, model, ratio: float, head, seed: int = 0):
+    """The bench's ``--mask`` of ``model``: random (`random_mask`), fish (`fish_mask`) or columns (`column_mask`)."""
+    if kind == "fish":
+        return fish_mask(model, ratio, head, seed=seed)
+    if kind == "columns":
+        return column_mask(model, ratio, exclude=head, seed=seed)
+    return random_mask(model, ratio, exclude=head, seed=seed)
+
+
 def loss_of(model, batch) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     return torch.nn.functional.cross_entropy(model(**inputs).logits.float(), batch["labels"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 15 in one call (about 7 minutes on one H100/H200, estimated: it has never run on a
-# GPU; nothing downloaded: random-init paper-size models, MiniLM from its package). Writes <date>-<gpu>.md with every bench's last lines, and
-# the full log, into $OUT (the device tool's folder) or bench/results/.
+# GPU; nothing downloaded: random-init paper-size models, MiniLM from its package). Writes <date>-<gpu>.md
+# with every bench's last lines, and the full log, into $OUT (the device tool's folder) or bench/results/.
 #   on the GPU machine:  source .gpu/env.sh && bash bench/gpu.sh
 # When .gpu/old/ holds an older checkout (bench/README.md says how), its run.py runs beside ours as the
 # baseline of the run.py goals, on the same GPU in the same call.

@@ -75,11 +75,11 @@ class _Saved:
 
 def run(args, kind: str, data, ratio: float, mask=None) -> tuple[int, float, float, int]:
     """(bytes held in grads + optimizer state, median step seconds, peak GPU bytes or 0, bytes autograd
-    keeps for one backward beyond the parameters). ``mask``: None draws a random one."""
+    keeps for one backward beyond the parameters). ``mask``: None makes ``--mask``'s for this model."""
     model = common.build_model(args)
     head = head_names(model)
     if mask is None:
-        mask = common.random_mask(model, ratio, exclude=head, seed=args.seed)
+        mask = common.make_mask(args.mask, model, ratio, head, args.seed)
     model, opt = _setup(kind, model, mask, head, args.device, args.weight_grad)
     model.train()
     device = torch.device(args.device)
@@ -125,9 +125,9 @@ def main() -> None:
         rows = [(torch.randint(3, vocab, (args.seq,), generator=gen).tolist(), y) for _, y in rows]
     data = common.batches(rows, args.batch, pad, pad_to=args.seq, device=args.device)
     mask = None
-    if args.mask == "fish":
+    if args.mask == "fish":  # the Fisher once, not once per kind
         model = common.build_model(args)
-        mask = common.fish_mask(model, args.ratio, head_names(model), seed=args.seed)
+        mask = common.make_mask("fish", model, args.ratio, head_names(model), args.seed)
         del model
     out = {}
     for kind in [k for k in KINDS if not (args.quick and k == "sparse-noemb")]:  # a GPU diagnostic

@@ -54,12 +54,7 @@ def main() -> None:
     models = {"dense": build().train(), "masked": build().train()}
     masked = models["masked"]
     head = head_names(masked)
-    if args.mask == "fish":
-        mask = common.fish_mask(masked, args.ratio, head, seed=args.seed)
-    elif args.mask == "columns":
-        mask = common.column_mask(masked, args.ratio, exclude=head, seed=args.seed)
-    else:
-        mask = common.random_mask(masked, args.ratio, exclude=head, seed=args.seed)
+    mask = common.make_mask(args.mask, masked, args.ratio, head, args.seed)
     apply_mask(masked, mask, trainable=head, weight_grad=args.weight_grad)
     if args.weight_grad == "blocks":  # the same mask with autograd's dense dW, timed beside it
         models["masked, dense dW"] = apply_mask(build().train(), mask, trainable=head)

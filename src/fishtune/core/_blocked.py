@@ -9,12 +9,12 @@ masked weight matrices hold their entries in a handful of input features (column
     dW[:, C] = dYᵀ X[:, C]        or        dW[R, :] = dY[:, R]ᵀ X,
 
 and only X[:, C] needs saving for it (GPT-2's `Conv1D` stores W as in × out: the same with rows and columns
-swapped). `plan` picks the cheaper block for a mask when it costs at most
-`MAX_SHARE` of the full product (else the layer keeps autograd's dense gradient); `blocked_forward` is the
-layer's forward in training: y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k
-entries handed to ``write`` (`masked._Group.write`). Under autocast the matmuls run in the autocast dtype,
-as `F.linear` does. The entries equal the dense gradient's up to the order of the sum over tokens (a GEMM
-of another shape may block it differently): within 1e-6 relative in fp32, tested.
+swapped). `plan` picks the cheaper block for a mask when it costs at most `MAX_SHARE` of the full product
+(else the layer keeps autograd's dense gradient); `blocked_forward` is the layer's forward in training:
+y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k entries gathered by
+``write(flat_block, positions)`` (`masked._Group.gather`). Under autocast the matmuls run in the autocast
+dtype, as `F.linear` does. The entries equal the dense gradient's up to the order of the sum over tokens
+(a GEMM of another shape may block it differently): within 1e-6 relative in fp32, tested.
 """
 
 from __future__ import annotations
@@ -86,12 +86,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _BlockedLinear(torch.autograd.Function):
     """y = x Wᵀ + b (``conv1d``: x W + b, W stored in × out) whose backward gives dX and db, and dW only at
-    the plan's block (passed to ``write``, not returned: the weight is frozen). ``anchor`` (the trainable
+    the plan's block (gathered by ``write``, not returned: the weight is frozen). ``anchor`` (the trainable
     delta) only makes sure the backward runs when nothing else before the layer needs a gradient; it gets
     none from here."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor], None], conv1d: bool):
+    def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor, torch.Tensor], None],
+                conv1d: bool):
         dt = _compute_dtype(x)
         xc, wc = x.to(dt), weight.to(dt)
         bc = None if bias is None else bias.to(dt)
@@ -113,18 +114,18 @@ class _BlockedLinear(torch.autograd.Function):
         xs, wc = ctx.saved_tensors
         p = ctx.plan
         dy2 = dy.reshape(-1, dy.shape[-1])
-        if not ctx.by_inputs:  # the block is a set of outputs: only their dY columns
-            dy2 = dy2.index_select(1, p.keep)
-        block = xs.t() @ dy2 if ctx.conv1d else dy2.t() @ xs  # in × out (Conv1D) or out × in (Linear) block
-        ctx.write(block.reshape(-1).index_select(0, p.local).to(ctx.w_dtype))
+        dys = dy2 if ctx.by_inputs else dy2.index_select(1, p.keep)  # a block of outputs: only their dY columns
+        block = xs.t() @ dys if ctx.conv1d else dys.t() @ xs  # in × out (Conv1D) or out × in (Linear) block
+        ctx.write(block.reshape(-1).to(ctx.w_dtype), p.local)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = (dy @ (wc.t() if ctx.conv1d else wc)).to(ctx.x_dtype)
-        db = dy.reshape(-1, dy.shape[-1]).sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
+        db = dy2.sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
         return dx, None, db, None, None, None, None
 
 
-def blocked_forward(module: nn.Module, anchor: torch.Tensor, p: Plan, write: Callable[[torch.Tensor], None]):
+def blocked_forward(module: nn.Module, anchor: torch.Tensor, p: Plan,
+                    write: Callable[[torch.Tensor, torch.Tensor], None]):
     """The forward to bind to a masked ``module`` (an `nn.Linear` or `Conv1D`; an instance attribute that
     `masked.merge` removes): the blocked Function while gradients are recorded, the class's own forward
     otherwise."""

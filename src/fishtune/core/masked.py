@@ -31,6 +31,7 @@ plain frozen parameters again (holding W0+delta); `deltas` stores a trained mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -83,9 +84,10 @@ class _Group:
         self.written: set[int] = set()  # segments whose gradient reached delta.grad in this cycle
         self.trusted: int | None = None  # delta's version when `MaskedAdamW` last wrote it back
 
-    def write(self, seg_no: int, values: torch.Tensor) -> None:
-        """Add segment ``seg_no``'s k gradient entries (in its ``indices`` order) into its slots of
-        ``delta.grad``; the first write of an accumulation cycle sets them (no zeroing pass per tensor)."""
+    def gather(self, seg_no: int, flat: torch.Tensor, index: torch.Tensor) -> None:
+        """Add ``flat[index]`` (segment ``seg_no``'s k gradient entries, in its ``indices`` order) into its
+        slots of ``delta.grad``; the first write of an accumulation cycle gathers straight into them (no
+        zeroing pass per tensor, no temporary)."""
         seg, d = self.segments[seg_no], self.delta
         if d.grad is None:  # a new accumulation cycle: reuse one zeroed buffer
             if self.grad_buf is None:
@@ -96,9 +98,9 @@ class _Group:
             self.written.clear()
         slot = d.grad[seg.offset:seg.offset + seg.count]
         if seg_no in self.written:
-            slot.add_(values)
+            slot.add_(flat.index_select(0, index))
         else:
-            slot.copy_(values)
+            torch.index_select(flat, 0, index, out=slot)
             self.written.add(seg_no)
 
     def hook(self, seg_no: int):
@@ -107,7 +109,7 @@ class _Group:
         def gather(w: torch.Tensor) -> None:
             g, w.grad = w.grad, None  # the dense gradient dies here
             if g is not None:
-                self.write(seg_no, g.reshape(-1).index_select(0, seg.indices))
+                self.gather(seg_no, g.reshape(-1), seg.indices)
 
         return gather
 
@@ -160,8 +162,7 @@ class MaskedWeights(nn.Module):
                     continue
                 seg.weight.requires_grad_(False)  # autograd computes no dense dW for it
                 for module, _ in seg.owners:
-                    module.forward = _blocked.blocked_forward(module, group.delta, seg.plan,
-                                                              lambda v, i=i, group=group: group.write(i, v))
+                    module.forward = _blocked.blocked_forward(module, group.delta, seg.plan, partial(group.gather, i))
             self.groups.append(group)
         self.pre_hook = None
 
