@@ -10,6 +10,7 @@ re-running the same command skips what is complete. Bad input gives one line and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -75,14 +76,14 @@ def unwritable_run_dir(args: list[str]) -> str | None:
 
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             hydra_cfg = compose("config", overrides=args, return_hydra_config=True).hydra
-            if str(hydra_cfg.get("mode")) == "MULTIRUN":  # an experiment file that sweeps: no single run folder
+            if hydra_cfg.get("mode") == RunMode.MULTIRUN:  # an experiment file that sweeps: no single run folder
                 return None
             folder = Path(str(hydra_cfg.run.dir))
     except Exception:  # noqa: BLE001 - a bad config is Hydra's (or validate's) to report
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".fishtune-write-test"
+        probe = folder / f".fishtune-write-test-{os.getpid()}"  # per process: sweeps started together
         probe.write_text("")
         probe.unlink()
     except OSError as e:

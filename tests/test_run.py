@@ -253,6 +253,19 @@ def test_unwritable_run_folder_is_one_line(tmp_path):
     assert "error: the run folder afile/job cannot be written" in out.stderr, out.stderr[-2000:]
 
 
+def test_sweeping_experiment_file_makes_no_single_run_folder(tmp_path, monkeypatch):
+    """An experiment file that sets hydra.mode=MULTIRUN has no single run folder to probe: the check must not
+    create (or race another sweep started beside it on) the default run folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fishtune_run_script", ROOT / "run.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)
+    assert script.unwritable_run_dir(["experiment=repro_minilm_cpu"]) is None
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_sweep_with_failed_jobs_exits_non_zero(tmp_path):
     out = run(["-m", *TINY, "task=glue/rte", "method=dense", "seed=1,2", "train.lr=-1", "name=f"], tmp_path)
     assert out.returncode != 0
