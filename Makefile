@@ -46,10 +46,10 @@ test-slurm: install ## the Slurm tests against a real one-node cluster on this m
 figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under outputs/multirun
 	@for d in outputs/multirun/*/; do $(PY) -m fishtune.report "$$d"; done
 
-report: install ## rebuild docs/report from the committed runs (docs/report/runs, lr_sweep/runs, dense_cpu/runs)
+report: install ## rebuild docs/report and each page beside it (docs/report/*/runs) from the committed runs
 	$(PY) -m fishtune.report docs/report/runs --out docs/report --no-pdf
-	$(PY) -m fishtune.report docs/report/lr_sweep/runs --out docs/report/lr_sweep --no-pdf
-	$(PY) -m fishtune.report docs/report/dense_cpu/runs --out docs/report/dense_cpu --no-pdf
+	@for d in docs/report/*/runs; do echo "$(PY) -m fishtune.report $$d --out $${d%/runs} --no-pdf"; \
+		$(PY) -m fishtune.report "$$d" --out "$${d%/runs}" --no-pdf || exit 1; done
 
 repro-cpu: install ## run (or resume) the MiniLM reproduction on this CPU into docs/report/runs, then make report
 	$(PY) run.py experiment=repro_minilm_cpu

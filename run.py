@@ -41,7 +41,12 @@ def main(cfg: DictConfig) -> None:
         rc = validate(cfg)  # 1. typed schema: one line per bad value, before any heavy work
         config = OmegaConf.to_container(cfg, resolve=True)
         if config.pop("dry_run", False):
-            print(f"dry run: {rc.task.name} {rc.model.name} {rc.method['name']} {rc.sparsity.name} -> {out_dir}")
+            from fishtune.runner.experiment import config_hash
+            from fishtune.runner.results import is_complete
+
+            done = rc.resume and is_complete(out_dir / "result.json", config_hash(config))  # a resume would skip it
+            print(f"dry run: {rc.task.name} {rc.model.name} {rc.method['name']} {rc.sparsity.name} -> {out_dir}"
+                  + (" (complete)" if done else ""))
             return
         # 2. data → model → plans → train → result.json; under Slurm, stop between cells on SIGTERM
         result = run_experiment(rc, out_dir, config, before_cell=between_cells)

@@ -131,3 +131,7 @@ def test_cpu_experiment_runs_and_resumes(tmp_path):
     assert [c["info"]["lr"] for c in random["cells"]] == [3e-2, 3e-2]  # the experiment's method_lr
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("already complete") == 2, again.stdout
+    listed = subprocess.run([*cmd, "dry_run=true"], cwd=tmp_path, capture_output=True, text=True)
+    assert listed.stdout.count(" (complete)") == 2, listed.stdout  # a dry run says what a resume would skip
+    fresh = subprocess.run([*cmd, "dry_run=true", "train.epochs=2"], cwd=tmp_path, capture_output=True, text=True)
+    assert fresh.returncode == 0 and "(complete)" not in fresh.stdout, fresh.stdout  # another config: not done
