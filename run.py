@@ -41,10 +41,9 @@ def main(cfg: DictConfig) -> None:
         rc = validate(cfg)  # 1. typed schema: one line per bad value, before any heavy work
         config = OmegaConf.to_container(cfg, resolve=True)
         if config.pop("dry_run", False):
-            from fishtune.runner.experiment import config_hash
-            from fishtune.runner.results import is_complete
+            from fishtune.runner.experiment import config_hash, finished
 
-            done = rc.resume and is_complete(out_dir / "result.json", config_hash(config))  # a resume would skip it
+            done = finished(rc, out_dir, config_hash(config))  # a resume would skip it
             print(f"dry run: {rc.task.name} {rc.model.name} {rc.method['name']} {rc.sparsity.name} -> {out_dir}"
                   + (" (complete)" if done else ""))
             return

@@ -115,6 +115,15 @@ class Prepared:
     device: torch.device
 
 
+def finished(rc: RunConfig, out_dir: str | Path, chash: str) -> Path | None:
+    """The result a resume of ``rc`` in ``out_dir`` returns without training (the run's result.json, or a cell
+    job's cells/<cell>.json, written by a ladder or a cell job, ``ok`` with the same config hash); None when
+    there is work to do or ``resume`` is off."""
+    out = Path(out_dir)
+    path = out / "result.json" if rc.cell is None else out / "cells" / f"{rc.cell}.json"
+    return path if rc.resume and is_complete(path, chash) else None
+
+
 def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print,
                    before_cell=None) -> dict[str, Any]:
     """Run (or resume) the job described by ``rc`` in ``out_dir``; return the result written there.
@@ -129,14 +138,10 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     """
     out = Path(out_dir)
     chash = config_hash(config)
+    if done := finished(rc, out, chash):
+        log(f"already complete: {done}" if rc.cell is None else f"cell {rc.cell}: already complete ({done})")
+        return read_result(done)
     result_path = out / "result.json"
-    if rc.resume and is_complete(result_path, chash) and rc.cell is None:
-        log(f"already complete: {result_path}")
-        return read_result(result_path)
-    cell_path = out / "cells" / f"{rc.cell}.json"
-    if rc.resume and rc.cell is not None and is_complete(cell_path, chash):  # written by a ladder or a cell job
-        log(f"cell {rc.cell}: already complete ({cell_path})")
-        return read_result(cell_path)
     method = _check(rc)
     device = resolve_device(rc.device)
     run = RunResult(task=rc.task.name, model=rc.model.name, method=method.name, sparsity=rc.sparsity.name,
