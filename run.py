@@ -26,9 +26,9 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from fishtune.config import ConfigError, validate
     from fishtune.data.glue import DataUnavailable
     from fishtune.models import ModelUnavailable
-    from fishtune.runner.config import ConfigError, validate
     from fishtune.runner.experiment import run_experiment
     from fishtune.runner.launch import between_cells
     from fishtune.runner.results import format_result, write_status

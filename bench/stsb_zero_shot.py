@@ -13,8 +13,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from transformers import AutoModel, AutoTokenizer
 
+from fishtune.config import DataConfig, TaskConfig
 from fishtune.data.glue import load_task
-from fishtune.runner.config import DataConfig, TaskConfig
 
 STSB = TaskConfig(name="stsb", glue_dir="STS-B", text_fields=["sentence1", "sentence2"], num_labels=1)
 

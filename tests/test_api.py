@@ -85,9 +85,9 @@ def test_api_mask_equals_run_py_mask(tmp_path):
     from datasets import Dataset  # noqa: F401
     from transformers import DataCollatorWithPadding
 
+    from fishtune.config import DataConfig, ModelConfig, TaskConfig
     from fishtune.data.glue import load_task, tokenize
     from fishtune.models import load_model
-    from fishtune.runner.config import DataConfig, ModelConfig, TaskConfig
     from fishtune.runner.results import read_result
 
     args = ["model=minilm", "task=glue/rte", "method=fish", "sparsity=0.5", "train=debug", "train.max_steps=1",

@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import CONF, ROOT
 
+from fishtune.config import ConfigError, validate
 from fishtune.methods import create, names
-from fishtune.runner.config import ConfigError, validate
 from fishtune.runner.overrides import OverrideError, group_options, rewrite
 
 GROUPS = ["model", "task", "method", "sparsity", "train"]

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from fishtune.config import DataConfig, TaskConfig
 from fishtune.data.glue import DataUnavailable, load_task
-from fishtune.runner.config import DataConfig, TaskConfig
 
 TASKS = {
     "cola": (TaskConfig(name="cola", glue_dir="CoLA", metric="matthews"), 8551, 1043),
@@ -78,8 +78,8 @@ def test_missing_files_offline(tmp_path):
 def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch, compose):
     import torch
 
+    from fishtune.config import validate
     from fishtune.runner import experiment
-    from fishtune.runner.config import validate
     from fishtune.runner.results import read_result
 
     def oom(*a, **k):

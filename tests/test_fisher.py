@@ -248,7 +248,7 @@ def test_precision_option_is_validated_and_fp32_is_the_default():
     fp32 = compute_fisher(model, batches, engine="hooks", precision="fp32", progress=False)
     assert default.precision == "fp32"
     assert all(torch.equal(default.diag[n], fp32.diag[n]) for n in default.diag)
-    from fishtune.runner.config import ConfigError, FisherConfig
+    from fishtune.config import ConfigError, FisherConfig
 
     with pytest.raises(ConfigError, match="fisher.precision"):
         FisherConfig(precision="half")

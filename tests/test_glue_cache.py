@@ -16,15 +16,15 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from fishtune.config import DataConfig, TaskConfig
 from fishtune.data.glue import HUB_ID, load_task
-from fishtune.runner.config import DataConfig, TaskConfig
 
 RTE = TaskConfig(name="rte", glue_dir="RTE", text_fields=["sentence1", "sentence2"])
 COMMIT = "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"
 LOAD = """
 import json, sys
 from fishtune.data.glue import DataUnavailable, load_task
-from fishtune.runner.config import DataConfig, TaskConfig
+from fishtune.config import DataConfig, TaskConfig
 task = TaskConfig(name="rte", glue_dir="RTE", text_fields=["sentence1", "sentence2"])
 out = {}
 for source in ("auto", "hub"):

@@ -34,13 +34,13 @@ ALLOWED = {
 
 def group(module: str) -> str:
     """A module's layer: its folder (core, data, methods, train, report), the runner's own modules, the
-    runner's config and results (used by layers below it), models, or the package itself."""
+    runner's results (used by the report), the config schema, models, or the package itself."""
     if module == "fishtune":
         return "package"
     if module in RUNNER:
         return "runner"
-    if module in ("fishtune.runner.config", "fishtune.runner.results"):
-        return module.rsplit(".", 1)[1]
+    if module == "fishtune.runner.results":
+        return "results"
     return module.split(".")[1]
 
 

@@ -9,7 +9,7 @@ from datasets import Dataset
 from tiny import collate, tiny_examples, tiny_model
 
 import fishtune.train.loop as loop
-from fishtune.runner.config import TaskConfig, TrainConfig
+from fishtune.config import TaskConfig, TrainConfig
 
 TASK = TaskConfig(name="t", glue_dir="T", lr=1e-2)
 CPU = torch.device("cpu")

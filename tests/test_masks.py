@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny import collate, tiny_examples, tiny_model
 
+from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.core.masks import Mask, num_selected, select_top_k
 from fishtune.core.selection import Selector
 from fishtune.methods import Context, create
 from fishtune.models import head_names
-from fishtune.runner.config import LadderConfig, SparsityConfig
 
 
 def test_exact_count_and_ties_by_index():

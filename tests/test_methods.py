@@ -11,11 +11,11 @@ import yaml
 from conftest import CONF
 from tiny import collate, tiny_examples, tiny_model
 
+from fishtune.config import LadderConfig, SparsityConfig
 from fishtune.core.masked import MaskedAdamW, apply_mask, sync_weights, trainable_count
 from fishtune.core.selection import Selector
 from fishtune.methods import Context, create, names
 from fishtune.models import head_names
-from fishtune.runner.config import LadderConfig, SparsityConfig
 from fishtune.train.loop import train_step
 
 SINGLE = SparsityConfig(name="5", mode="single", ratio=5.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runner.config import ModelConfig
+from .config import ModelConfig
 
 __all__ = ["ModelUnavailable", "Loaded", "load_model", "resolve_dir", "head_names"]
 

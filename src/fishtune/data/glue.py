@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runner.config import DataConfig, TaskConfig
+from ..config import DataConfig, TaskConfig
 
 __all__ = ["DataUnavailable", "TaskData", "FILES", "default_data_dir", "load_task", "tokenize", "format_text"]
 

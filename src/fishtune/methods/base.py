@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..config import ConfigError, LadderConfig, SparsityConfig
 from ..core.ird import cell_name, grid, ratio_name, staircase
 from ..core.masks import Mask
 from ..core.selection import Selector
-from ..runner.config import ConfigError, LadderConfig, SparsityConfig
 
 __all__ = ["Plan", "StepHook", "Context", "Method", "register", "get", "names", "create"]
 

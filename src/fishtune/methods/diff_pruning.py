@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..config import ConfigError
 from ..core.fisher import per_sample_loss
 from ..core.masked import masked_tensors
 from ..core.masks import Mask, select_top_k
-from ..runner.config import ConfigError
 from .base import Context, Method, Plan, register
 
 

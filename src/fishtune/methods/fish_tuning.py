@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..core.fisher import compute_fisher
 from ..core.masked import apply_mask
 from ..core.masks import select_top_k
-from ..runner.config import ConfigError
 from .base import Context, Method, Plan, register
 from .lora import per_rank, target_modules_of
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..runner.config import ConfigError
+from ..config import ConfigError
 from .base import Context, Method, Plan, register
 
 

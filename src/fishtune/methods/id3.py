@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..config import ConfigError
 from ..core.masks import select_top_k
-from ..runner.config import ConfigError
 from .base import Context, Method, Plan, register
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError, RunConfig
 from ..core.deltas import save_delta
 from ..core.masked import apply_mask, merge, trainable_count, weight_grad_summary
 from ..core.selection import Selector
@@ -32,7 +33,6 @@ from ..data.metrics import majority_score
 from ..methods import Context, Plan, create, names
 from ..models import ModelUnavailable, load_model
 from ..train.loop import NonFiniteLoss, fit, planned_steps
-from .config import ConfigError, RunConfig
 from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
 
 __all__ = ["run_experiment", "config_hash", "resolve_device"]

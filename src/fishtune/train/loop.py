@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..config import TaskConfig, TrainConfig
 from ..core.masked import MaskedAdamW, sync_weights
 from ..data.metrics import compute_metrics, headline
-from ..runner.config import TaskConfig, TrainConfig
 
 __all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict", "planned_steps", "train_step"]
 
