@@ -99,6 +99,54 @@ def test_reverse_ird_picks_bottom_k_and_counts_zero_fisher():
     assert rev[1].info["zero_fisher"] == int((chosen == 0).sum())
 
 
+def _flat(F):
+    return torch.cat([v.reshape(-1) for v in F.values()])
+
+
+def test_reverse_ird_takes_no_zero_fisher_entry_while_positive_ones_suffice():
+    """Default (zero_fisher=exclude): every cell after the first holds only entries with F > 0 under its own
+    samples when at least k candidates have F > 0, and they are the k smallest of those; the literal reading
+    (include) reproduces the plain bottom-k, which starts with the F = 0 entries."""
+    model = tiny_model("bert")
+    sel = Selector(model, tiny_examples(24), collate, head=head_names(model), progress=False)
+    samples, ratios = [16, 4, 1], [10.0, 2.0, 0.5]
+    rev = ird_walk(sel, samples, ratios, seed=0, reverse=True)
+    literal = ird_walk(sel, samples, ratios, seed=0, reverse=True, zero_fisher="include")
+    some_zero = False
+    for cell, lit, prev in zip(rev[1:], literal[1:], rev):
+        F = sel.fisher(cell.sample_indices).diag
+        chosen = torch.cat([F[n].reshape(-1)[i] for n, i in cell.mask.indices.items()])
+        positive = cell.info["positive_candidates"]
+        assert positive >= 0
+        if positive >= cell.mask.count:
+            assert cell.info["zero_fisher"] == 0 and bool((chosen > 0).all())
+        else:  # every positive candidate, then F = 0 entries
+            assert int((chosen > 0).sum()) == positive
+        # the literal reading: the plain bottom-k (F = 0 first) inside the same kind of range
+        lit_F = sel.fisher(lit.sample_indices).diag
+        lit_chosen = torch.cat([lit_F[n].reshape(-1)[i] for n, i in lit.mask.indices.items()])
+        some_zero |= int((lit_chosen == 0).sum()) > 0
+        assert lit.info["zero_fisher"] == int((lit_chosen == 0).sum())
+    assert some_zero  # the tiny model has F = 0 entries (unused vocabulary rows): the two readings differ
+    # the k smallest positive F among the first reversed cell's candidates (the range is all parameters)
+    cell = rev[1]
+    F = _flat(sel.fisher(cell.sample_indices).diag)
+    chosen = torch.cat([sel.fisher(cell.sample_indices).diag[n].reshape(-1)[i] for n, i in cell.mask.indices.items()])
+    assert chosen.max() <= F[F > 0].sort().values[cell.mask.count - 1]
+
+
+def test_reverse_ird_literal_reading_is_the_plain_bottom_k():
+    """zero_fisher=include reproduces the walk as it was before the rule (plain bottom-k, ties by index)."""
+    from fishtune.core.masks import select_top_k
+
+    model = tiny_model("bert")
+    sel = Selector(model, tiny_examples(24), collate, head=head_names(model), progress=False)
+    lit = ird_walk(sel, [16, 8], [20.0, 10.0], seed=0, reverse=True, zero_fisher="include")
+    F = sel.fisher(lit[1].sample_indices)
+    plain = select_top_k(F.diag, sel.k(20.0), largest=False)
+    assert lit[1].mask.sha256() == plain.sha256()
+
+
 def test_ladder_larger_than_training_set():
     model = Toy()
     sel = Selector(model, toy_samples([1.0] * 4), toy_collate, engine="loop", progress=False)

@@ -90,6 +90,7 @@ def _check_template(key: str, template: str | None, fields: list[str]) -> None:
 class LadderConfig:
     samples: list[int] = field(default_factory=lambda: [128, 32, 16, 1])  # N_t, decreasing
     ratios: list[float] = field(default_factory=lambda: [2.5, 0.5, 0.1, 0.02])  # R_t in %, decreasing
+    single_ratios: list[float] | None = None  # the ratios a single-ratio method trains at (None: every R_t)
 
     def __post_init__(self) -> None:
         _check(len(self.samples) == len(self.ratios) and len(self.samples) >= 1,
@@ -101,6 +102,10 @@ class LadderConfig:
                f"ladder.ratios must be strictly decreasing, got {list(self.ratios)}")
         for r in self.ratios:
             _check(0 < r <= 100, f"ladder.ratios must be in (0, 100] (percent), got {r}")
+        if self.single_ratios is not None:
+            _check(len(self.single_ratios) >= 1 and all(r in self.ratios for r in self.single_ratios),
+                   f"ladder.single_ratios must be ratios of ladder.ratios {list(self.ratios)}, got "
+                   f"{list(self.single_ratios)}")
 
 
 @dataclass
@@ -205,6 +210,7 @@ class DataConfig:
     source: str = "auto"  # auto (local files if present, else hub) | local | hub
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    holdout: float | None = None  # training examples held out for model selection: a count (>= 1) or a share
 
     def __post_init__(self) -> None:
         _check(self.source in ("auto", "local", "hub"), f"data.source must be auto|local|hub, got {self.source!r}")
@@ -213,6 +219,9 @@ class DataConfig:
         for k in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, k)
             _check(v is None or v >= 1, f"data.{k} must be >= 1, got {v}")
+        h = self.holdout
+        _check(h is None or (0 < h < 1) or (h >= 1 and float(h).is_integer()),
+               f"data.holdout must be a count of examples (a whole number >= 1) or a share in (0, 1), got {h}")
 
 
 @dataclass

@@ -5,7 +5,8 @@ ALGORITHMS.md restates the walk: from (R_0, N_0), alternately a *sample step* (k
 the largest φ over the current mask, then re-select at the same ratio from them) and a *parameter step* (the
 range C shrinks to the current mask, then the top-k at the next ratio inside it). With the paper's ladder
 N=[128,32,16,1], R=[2.5,0.5,0.1,0.02] it visits the 7 "staircase" cells. ``nested=False`` keeps C at all
-parameters. ``reverse=True`` reverses every choice after the first cell (smallest φ, bottom-k). No cell
+parameters. ``reverse=True`` reverses every choice after the first cell (smallest φ, bottom-k among the
+entries the samples touch, F > 0; ``zero_fisher="include"``: the literal bottom-k over every entry). No cell
 needs fine-tuning to be chosen: every mask comes first, each cell is then trained independently.
 """
 
@@ -88,16 +89,24 @@ def _keep(phi: torch.Tensor, n: int, largest: bool) -> list[int]:
 
 
 def ird_walk(selector: Selector, samples: Sequence[int], ratios: Sequence[float], seed: int, *,
-             nested: bool = True, reverse: bool = False) -> list[Cell]:
+             nested: bool = True, reverse: bool = False, zero_fisher: str = "exclude") -> list[Cell]:
     """Walk the ladder and return every visited cell with its mask (see the module docstring).
+
+    ``zero_fisher`` (reverse only): ``exclude`` takes the bottom-k among the entries with F > 0 under the
+    cell's samples (entries with F = 0 only where fewer than k have F > 0: the other half of what the
+    samples touch); ``include`` is the literal reading, where those F = 0 entries (embedding rows of tokens
+    the samples never contain) come first.
 
     Raises ValueError naming the argument when ``samples``/``ratios`` are empty, of different lengths, not
     strictly decreasing, or out of range."""
     check_ladder(samples, ratios)
+    if zero_fisher not in ("exclude", "include"):
+        raise ValueError(f"zero_fisher: exclude|include, got {zero_fisher!r}")
     if max(samples) > len(selector.samples):
         raise ValueError(f"ladder.samples: {max(samples)} samples asked, the training set has "
                          f"{len(selector.samples)}")
     largest = not reverse
+    pick = {"largest": largest, "zero_last": reverse and zero_fisher == "exclude"}
     S = selector.draw(samples[0], seed)
     F = selector.fisher(S)
     Q = selector.top_k(F, ratios[0])  # the first cell is FISH's, reversed or not
@@ -109,11 +118,11 @@ def ird_walk(selector: Selector, samples: Sequence[int], ratios: Sequence[float]
         S = [S[i] for i in keep]
         kept_phi = [float(phi[i]) for i in keep]
         F = selector.fisher(S)
-        Q = selector.top_k(F, ratios[t - 1], largest=largest, candidates=C)  # sample step
+        Q = selector.top_k(F, ratios[t - 1], candidates=C, **pick)  # sample step
         cells.append(Cell(ratios[t - 1], samples[t], Q, list(S), kept_phi, _info(Q)))
         if nested:
             C = Q  # parameter step: the range decreases to the current mask
-        Q = selector.top_k(F, ratios[t], largest=largest, candidates=C)
+        Q = selector.top_k(F, ratios[t], candidates=C, **pick)
         cells.append(Cell(ratios[t], samples[t], Q, list(S), kept_phi, _info(Q)))
     return cells
 
@@ -130,4 +139,5 @@ def fish_ladder(selector: Selector, cells: Sequence[tuple[float, int]], seed: in
 
 
 def _info(mask: Mask) -> dict:
-    return {"zero_fisher": mask.info.get("zero_fisher", 0)}
+    return {"zero_fisher": mask.info.get("zero_fisher", 0),
+            "positive_candidates": mask.info.get("positive_candidates")}

@@ -161,13 +161,16 @@ def select_top_k(
     largest: bool = True,
     candidates: Mask | None = None,
     scope: str = "global",
+    zero_last: bool = False,
 ) -> Mask:
     """Exactly ``k`` entries with the largest (``largest=False``: smallest) scores.
 
     ``scores`` maps parameter names to score tensors (e.g. the Fisher diagonal), in ``named_parameters()``
     order; ``candidates`` restricts the choice to the entries of another mask (IRD's range C). Ties go to
     the lower flat index, tensors taken in the order of ``scores``. ``scope="per_tensor"`` selects within
-    each tensor its share of k (largest remainders), the total still exactly k.
+    each tensor its share of k (largest remainders), the total still exactly k. ``zero_last`` (with
+    ``largest=False``, reverse IRD): entries scoring exactly 0 rank after every positive one, so they are
+    taken only where fewer than k candidates score above 0 (then by ascending flat index).
     """
     names = list(scores)
     if not names:
@@ -175,7 +178,10 @@ def select_top_k(
     flat = []
     for n in names:
         s = scores[n].detach().reshape(-1).to(torch.float64 if scores[n].dtype == torch.float64 else torch.float32)
-        s = s if largest else -s
+        if not largest:
+            s = -s
+            if zero_last:  # after every -F < 0, before the disallowed -inf; ties keep the flat-index order
+                s = torch.where(s == 0, torch.full_like(s, -torch.finfo(s.dtype).max), s)
         if candidates is not None:
             allowed = torch.zeros_like(s, dtype=torch.bool)
             if n in candidates.indices:

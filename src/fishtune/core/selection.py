@@ -108,15 +108,27 @@ class Selector:
         return res
 
     def top_k(self, fisher: FisherResult, ratio: float, *, largest: bool = True,
-              candidates: Mask | None = None) -> Mask:
-        """The ratio's k entries of largest (or smallest) Fisher, inside ``candidates`` when given."""
+              candidates: Mask | None = None, zero_last: bool = False) -> Mask:
+        """The ratio's k entries of largest (or smallest) Fisher, inside ``candidates`` when given.
+        ``zero_last`` (bottom-k only): entries with F = 0 only where fewer than k candidates have F > 0.
+        The mask's info counts the selected entries with F = 0 (``zero_fisher``) and the candidates with
+        F > 0 (``positive_candidates``)."""
         mask = select_top_k(fisher.diag, self.k(ratio), largest=largest, candidates=candidates,
-                            scope=self.mask_scope)
+                            scope=self.mask_scope, zero_last=zero_last)
         params = dict(self.model.named_parameters())
         mask.head = {n: params[n].detach().cpu().clone() for n in self.head if n in params}
         mask.info["zero_fisher"] = sum(int((fisher.diag[n].reshape(-1)[i.to(fisher.diag[n].device)] == 0).sum())
                                        for n, i in mask.indices.items())
+        mask.info["positive_candidates"] = _positive(fisher.diag, candidates)
         return mask
+
+
+def _positive(diag: dict[str, torch.Tensor], candidates: Mask | None) -> int:
+    """How many entries (inside ``candidates`` when given) have a Fisher above 0."""
+    if candidates is None:
+        return sum(int((f > 0).sum()) for f in diag.values())
+    return sum(int((diag[n].reshape(-1)[i.to(diag[n].device)] > 0).sum())
+               for n, i in candidates.indices.items() if n in diag)
 
 
 def fish_mask(selector: Selector, ratio: float, num_samples: int, seed: int) -> tuple[Mask, list[int]]:

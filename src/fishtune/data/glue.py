@@ -62,6 +62,7 @@ class TaskData:
     train: Any  # datasets.Dataset
     eval: dict[str, Any]
     source: str  # "local:<dir>" or "hub:nyu-mll/glue"
+    holdout: Any = None  # training examples held out for model selection (data.holdout), or None
 
 
 def default_data_dir() -> Path:
@@ -132,9 +133,24 @@ def load_task(task: TaskConfig, data: DataConfig, seed: int = 0) -> TaskData:
         source = f"hub:{HUB_ID}"
     for s, ds in splits.items():
         _check_split(task, ds, f"{source.split(':', 1)[1]} ({s})")
-    train = _subset(splits["train"], data.max_train_samples, seed)
+    train, holdout = _train_and_holdout(splits["train"], data.max_train_samples, data.holdout, seed)
     evals = {s: _subset(splits[s], data.max_eval_samples, seed) for s in task.eval_splits}
-    return TaskData(task=task, train=train, eval=evals, source=source)
+    return TaskData(task=task, train=train, eval=evals, source=source, holdout=holdout)
+
+
+def _train_and_holdout(ds, max_train: int | None, holdout: float | None, seed: int):
+    """The training subset and the holdout, disjoint: one seeded permutation of the training split, the
+    training subset its first ``max_train`` examples (the same subset as without a holdout), the holdout its
+    last ones (a count, or a share of the split). ValueError (one line) when nothing would be left to train."""
+    if holdout is None:
+        return _subset(ds, max_train, seed), None
+    n = len(ds)
+    n_hold = int(holdout) if holdout >= 1 else max(1, round(holdout * n))
+    if n_hold >= n:
+        raise ValueError(f"data.holdout={holdout:g} leaves no training example ({n} in the training split)")
+    n_train = min(max_train or n, n - n_hold)
+    shuffled = ds.shuffle(seed=seed)
+    return shuffled.select(range(n_train)), shuffled.select(range(n - n_hold, n))
 
 
 def _check_split(task: TaskConfig, ds, where: str) -> None:
@@ -204,4 +220,4 @@ def tokenize(data: TaskData, tokenizer, max_length: int | None = None, pad_to_ma
         return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=None)
 
     return TaskData(task=task, train=run(data.train), eval={k: run(v) for k, v in data.eval.items()},
-                    source=data.source)
+                    source=data.source, holdout=None if data.holdout is None else run(data.holdout))

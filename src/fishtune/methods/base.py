@@ -192,8 +192,11 @@ def ladder_cells(sparsity: SparsityConfig, ladder: LadderConfig) -> list[tuple[f
 
 
 def ladder_ratios(ladder: LadderConfig) -> list[float]:
-    """The distinct ratios of the ladder, in its order (largest first)."""
-    return list(dict.fromkeys(float(r) for r in ladder.ratios))
+    """The ratios a single-ratio method trains at under a ladder: ``ladder.single_ratios`` when set, else
+    every distinct ratio of the ladder, in its order (largest first)."""
+    ratios = ladder.ratios if ladder.single_ratios is None else [r for r in ladder.ratios
+                                                                 if r in ladder.single_ratios]
+    return list(dict.fromkeys(float(r) for r in ratios))
 
 
 def _mode_error(cls: type[Method], sparsity: SparsityConfig) -> str:

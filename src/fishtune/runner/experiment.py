@@ -41,16 +41,21 @@ __all__ = ["run_experiment", "config_hash", "resolve_device"]
 # progress bars (a run or cell written under other values of these is the same result)
 NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
 NOT_IN_KEY_TRAIN = ("progress",)
+_UNSET_NOT_IN_KEY = (("ladder", "single_ratios"), ("data", "holdout"))
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
     torch/transformers/peft versions), to tell finished work of the same job. ``mask.weight_grad`` counts
-    only when it is not ``dense``, the exact path every result before it was trained with."""
+    only when it is not ``dense``, the exact path every result before it was trained with, and
+    ``ladder.single_ratios`` and ``data.holdout`` only when set."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
     if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
         key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
+    for group, name in _UNSET_NOT_IN_KEY:  # options added later count only when set: older results stay found
+        if isinstance(key.get(group), dict) and key[group].get(name) is None:
+            key[group] = {k: v for k, v in key[group].items() if k != name}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
         method = (key.get("method") or {}).get("name")
@@ -339,7 +344,8 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own
         train_cfg = replace(rc.train, lr=float(rc.train.method_lr[method_name]))
     what["info"]["lr"] = train_cfg.lr or rc.task.lr
     try:
-        tr = fit(train_model, data.train, data.eval, collate, rc.task, train_cfg, device, rc.seed, hook=plan.hook)
+        tr = fit(train_model, data.train, data.eval, collate, rc.task, train_cfg, device, rc.seed, hook=plan.hook,
+                 select=data.holdout)
     except NonFiniteLoss as e:
         return CellResult(**what, status="failed", reason=str(e), failed_step=e.step)
     except torch.OutOfMemoryError:
@@ -353,7 +359,9 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own
     delta_bytes = None
     if rc.save_delta and plan.mask is not None:
         delta_bytes = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
-    return CellResult(**what, status="ok", score=tr.score, metrics=tr.metrics, best_epoch=tr.best_epoch,
+    return CellResult(**what, status="ok", score=tr.score, metrics=tr.metrics, dev_best=tr.dev_best,
+                      holdout_score=tr.holdout_score, selected_on="dev" if data.holdout is None else "holdout",
+                      best_epoch=tr.best_epoch,
                       steps=tr.steps, epochs_run=tr.epochs_run, stopped_early=tr.stopped_early, history=tr.history,
                       timings={"train_seconds": tr.train_seconds, "samples_per_second": tr.samples_per_second},
                       peak_memory=_peak_memory(device), delta_bytes=delta_bytes)

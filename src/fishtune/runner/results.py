@@ -42,8 +42,11 @@ class CellResult:
     trainable_ratio: float | None = None
     mask_sha256: str | None = None
     info: dict = field(default_factory=dict)
-    score: float | None = None
+    score: float | None = None  # the dev score at the evaluation chosen (on the holdout when there is one)
     metrics: dict = field(default_factory=dict)
+    dev_best: float | None = None  # the best dev score over evaluations (what the paper reports)
+    holdout_score: float | None = None  # the holdout score at the evaluation chosen
+    selected_on: str | None = None  # holdout | dev: what chose the evaluation (and the best cell)
     best_epoch: int | None = None
     steps: int | None = None
     epochs_run: int | None = None
@@ -72,8 +75,8 @@ class CellResult:
 
 
 # the best cell's fields that a single-ratio run keeps at the top level of result.json
-FLAT = ("score", "metrics", "trainable_params", "trainable_ratio", "mask_sha256", "info", "best_epoch", "steps",
-        "history")
+FLAT = ("score", "metrics", "dev_best", "holdout_score", "selected_on", "trainable_params", "trainable_ratio",
+        "mask_sha256", "info", "best_epoch", "steps", "history")
 
 
 @dataclass
@@ -110,8 +113,14 @@ class RunResult:
 
     @property
     def best(self) -> CellResult | None:
+        """The best ok cell: by holdout score when every ok cell has one (the dev set only reports), else by
+        dev score."""
         ok = [c for c in self.cells if c.status == "ok"]
-        return max(ok, key=lambda c: c.score) if ok else None
+        if not ok:
+            return None
+        if all(isinstance(c.holdout_score, (int, float)) for c in ok):
+            return max(ok, key=lambda c: c.holdout_score)
+        return max(ok, key=lambda c: c.score)
 
     def header(self) -> dict[str, Any]:
         """The run's own fields (what each cell file repeats), schema first."""
@@ -128,7 +137,9 @@ class RunResult:
         else:
             out["cells"] = [c.to_json() for c in self.cells]
             if best is not None:
-                out.update(best_cell=best.cell, score=best.score, metrics=best.metrics)
+                out.update(best_cell=best.cell, score=best.score, metrics=best.metrics,
+                           **({"holdout_score": best.holdout_score, "selected_on": best.selected_on}
+                              if best.selected_on == "holdout" else {}))
         return out
 
     @classmethod
@@ -230,8 +241,8 @@ def load_results(root: str | Path, cells: bool = True):
     """Read every result.json under ``root`` into one pandas DataFrame.
 
     One row per run, or with ``cells=True`` one row per ladder cell (runs without cells give one row with
-    cell "main"). Columns: task, model, method, sparsity, seed, cell, ratio, samples, status, reason, score,
-    trainable_params, trainable_ratio, mask_sha256, path, and one ``metric.<name>`` column per metric.
+    cell "main"). Columns: task, model, method, sparsity, seed, cell, ratio, samples, status, reason, score
+    (dev, at the evaluation chosen), dev_best, holdout_score, selected_on (holdout | dev), trainable_params, trainable_ratio, mask_sha256, path, and one ``metric.<name>`` column per metric.
     Files that are not valid results are skipped (they did not finish).
     """
     import pandas as pd
@@ -272,6 +283,9 @@ def _cell_row(c: dict[str, Any]) -> dict[str, Any]:
         "ratio": c.get("ratio"),
         "samples": c.get("samples"),
         "score": c.get("score"),
+        "dev_best": c.get("dev_best", c.get("score")),  # older results chose on dev: their score is the best
+        "holdout_score": c.get("holdout_score"),
+        "selected_on": c.get("selected_on") or "dev",
         "trainable_params": c.get("trainable_params"),
         "trainable_ratio": c.get("trainable_ratio"),
         "mask_sha256": c.get("mask_sha256"),

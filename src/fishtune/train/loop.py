@@ -49,6 +49,8 @@ class TrainResult:
     samples_per_second: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    dev_best: float | None = None  # the best dev score over evaluations
+    holdout_score: float | None = None  # the holdout score at the chosen evaluation (None: chosen on dev)
 
 
 def planned_steps(num_examples: int, cfg: TrainConfig) -> int:
@@ -135,11 +137,13 @@ def _first_nonfinite(losses: list[tuple[int, torch.Tensor]]) -> tuple[int, float
 
 
 def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
-        device: torch.device, seed: int, hook: Callable | None = None) -> TrainResult:
+        device: torch.device, seed: int, hook: Callable | None = None, select=None) -> TrainResult:
     """Train ``model``'s trainable parameters; evaluate every epoch (and every ``eval_every`` steps).
 
-    Raises NonFiniteLoss (with the step) on a NaN/inf loss. Returns the best evaluation's metrics; the
-    model is left with the weights of the best evaluation.
+    ``select``: a holdout dataset that chooses the evaluation kept (and drives early stopping); the dev
+    sets in ``evals`` are then only reported. Without it the best dev evaluation is kept (the paper's way).
+    Raises NonFiniteLoss (with the step) on a NaN/inf loss. Returns the chosen evaluation's dev metrics; the
+    model is left with the weights of that evaluation.
     """
     torch.manual_seed(seed)
     lr = cfg.lr or task.lr
@@ -156,7 +160,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    best: dict = {"score": -math.inf}
+    best: dict = {"key": -math.inf}
     history, step, seen, train_time, stale, stopped = [], 0, 0, 0.0, 0, False
     losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/inf
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress, leave=False)
@@ -177,9 +181,13 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         train_time += time.perf_counter() - t0
         score, metrics = evaluate(model, evals, collate, task, device, cfg.eval_batch_size, cfg.bf16)
         entry = {"epoch": epoch, "step": step, "score": score, "metrics": metrics}
+        if select is not None:
+            entry["holdout"] = evaluate(model, {"holdout": select}, collate, task, device, cfg.eval_batch_size,
+                                        cfg.bf16)[0]
         history.append(entry)
-        if score > best["score"]:
-            best = {**entry, "state": {id(p): p.detach().clone() for p in trainable}}
+        key = entry.get("holdout", score)  # what chooses: the holdout when there is one, else dev
+        if key > best["key"]:
+            best = {**entry, "key": key, "state": {id(p): p.detach().clone() for p in trainable}}
             stale = 0
         else:
             stale += 1
@@ -203,7 +211,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         run_eval(epoch)
         if step >= total:
             break
-        if cfg.early_stopping and stale >= cfg.patience and best["score"] > cfg.threshold:
+        if cfg.early_stopping and stale >= cfg.patience and best["key"] > cfg.threshold:
             stopped = True
             break
     bar.close()
@@ -214,4 +222,5 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     return TrainResult(score=best["score"], metrics=best["metrics"], best_epoch=best["epoch"], steps=step,
                        epochs_run=history[-1]["epoch"], train_seconds=train_time,
                        samples_per_second=seen / train_time if train_time else 0.0,
-                       history=[{k: v for k, v in h.items()} for h in history], stopped_early=stopped)
+                       history=[{k: v for k, v in h.items()} for h in history], stopped_early=stopped,
+                       dev_best=max(h["score"] for h in history), holdout_score=best.get("holdout"))
