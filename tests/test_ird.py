@@ -113,7 +113,7 @@ def test_reverse_ird_takes_no_zero_fisher_entry_while_positive_ones_suffice():
     rev = ird_walk(sel, samples, ratios, seed=0, reverse=True)
     literal = ird_walk(sel, samples, ratios, seed=0, reverse=True, zero_fisher="include")
     some_zero = False
-    for cell, lit, prev in zip(rev[1:], literal[1:], rev):
+    for cell, lit in zip(rev[1:], literal[1:]):
         F = sel.fisher(cell.sample_indices).diag
         chosen = torch.cat([F[n].reshape(-1)[i] for n, i in cell.mask.indices.items()])
         positive = cell.info["positive_candidates"]

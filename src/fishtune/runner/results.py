@@ -242,7 +242,8 @@ def load_results(root: str | Path, cells: bool = True):
 
     One row per run, or with ``cells=True`` one row per ladder cell (runs without cells give one row with
     cell "main"). Columns: task, model, method, sparsity, seed, cell, ratio, samples, status, reason, score
-    (dev, at the evaluation chosen), dev_best, holdout_score, selected_on (holdout | dev), trainable_params, trainable_ratio, mask_sha256, path, and one ``metric.<name>`` column per metric.
+    (dev, at the evaluation chosen), dev_best, holdout_score, selected_on (holdout | dev), trainable_params,
+    trainable_ratio, mask_sha256, path, and one ``metric.<name>`` column per metric.
     Files that are not valid results are skipped (they did not finish).
     """
     import pandas as pd
