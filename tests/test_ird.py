@@ -175,3 +175,15 @@ def test_cell_names_are_exact_and_unique():
 
     assert cell_name(0.5, 16) == "r0.5-n16" and cell_name(20.0, 1) == "r20-n1" and cell_name(0.02, 1) == "r0.02-n1"
     assert cell_name(0.5000001, 4) != cell_name(0.5, 4)
+
+
+def test_reverse_ird_zero_fisher_option_is_checked():
+    from fishtune.config import ConfigError
+    from fishtune.methods import create
+
+    assert create({"name": "reverse_ird"}).cfg.zero_fisher == "exclude"
+    assert create({"name": "reverse_ird", "zero_fisher": "include"}).cfg.zero_fisher == "include"
+    with pytest.raises(ConfigError, match="method.zero_fisher must be exclude|include"):
+        create({"name": "reverse_ird", "zero_fisher": "drop"})
+    with pytest.raises(ConfigError, match="zero_fisher: not an option of method ird"):
+        create({"name": "ird", "zero_fisher": "include"})
