@@ -94,6 +94,16 @@ def test_multirun_glob_expands_to_all_tasks(tmp_path):
         assert {j.split()[2] for j in jobs} == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
 
 
+def _sweep_values(text: str) -> int:
+    """How many values a sweeper entry holds: its commas outside {...} and [...] (a dict or list value)."""
+    depth, count = 0, 1
+    for ch in text:
+        depth += ch in "{["
+        depth -= ch in "}]"
+        count += ch == "," and depth == 0
+    return count
+
+
 @pytest.mark.parametrize("experiment", group_options(CONF, "experiment"))
 def test_experiment_file_is_one_command_and_lists_its_jobs(experiment, tmp_path):
     """`run.py experiment=X dry_run=true` (no -m: the file sweeps) validates and lists every job of its grid."""
@@ -104,7 +114,7 @@ def test_experiment_file_is_one_command_and_lists_its_jobs(experiment, tmp_path)
     grid = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
     expected = 1
     for values in grid.values():
-        expected *= len(str(values).split(","))
+        expected *= _sweep_values(str(values))
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), f"experiment={experiment}", "dry_run=true"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
