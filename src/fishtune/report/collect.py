@@ -6,7 +6,18 @@
 - ``nominal_ratio``: the parameter ratio (percent) a row was asked for: the cell's ratio, else the job's
   sparsity when it is a number (failed/skipped jobs carry only the sparsity name), else NaN;
 - ``kind``: ``single`` (one score per job), ``ladder`` or ``grid`` (the cells of a staircase/grid job);
-- ``run``: one id per result.json (its folder), so cells of the same job can be grouped.
+- ``run``: one id per result.json (its folder), so cells of the same job can be grouped;
+- the model-selection fields (`EXTRA`): ``dev_best`` (the best dev score over epochs, what the paper reports;
+  ``score`` itself where a result predates it, as its score was then the best dev epoch), ``holdout_score``
+  (the held-out training examples' score at the epoch chosen on them; NaN when the run chose on dev),
+  ``selected_on`` ("holdout" or "dev") and, for reverse IRD, ``zero_fisher`` (selected entries with F = 0),
+  ``positive_candidates`` (candidates with F > 0) and ``zero_fisher_mode`` (the method's ``zero_fisher``
+  option; "include" for results written before it existed, the literal reading they used).
+
+Runs still in progress (or trained as ``cell=`` jobs) have cells/<cell>.json but no result.json yet: their
+cells are read too, so a page drawn while runs arrive shows what has finished.
+`choice(df)` is the score every "pick the best of several" in the report ranks by: the holdout score where
+there is one, else the dev score (never the dev score when a holdout was there to choose on).
 
 It also holds the shared vocabulary (task and method order, display names, number formatting). Nothing here
 imports torch or the training code.
@@ -20,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fishtune.runner.results import load_results
+from fishtune.runner.results import find_results, load_results, read_result
 
 # GLUE's own order; tasks not listed come after, alphabetically.
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -40,6 +51,7 @@ MISSING = "–"
 COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
            "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed", "majority", "device",
            "run_seconds", "lr", "history")
+EXTRA = ("dev_best", "holdout_score", "selected_on", "zero_fisher", "positive_candidates", "zero_fisher_mode")
 
 
 def collect(*roots: str | Path) -> pd.DataFrame:
@@ -48,6 +60,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     An empty folder gives an empty frame with the same columns, never an error.
     """
     frames = [load_results(r) for r in roots]
+    frames += [_lone_cells(r) for r in roots]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in COLUMNS:
@@ -55,14 +68,79 @@ def collect(*roots: str | Path) -> pd.DataFrame:
             df[col] = None
     df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
-    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr"):
+    df = _with_selection(df, roots)
+    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr",
+                "dev_best", "holdout_score", "zero_fisher", "positive_candidates"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["dev_best"] = df["dev_best"].fillna(df["score"])
     df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
     df["run"] = df["path"]
     df["kind"] = df["sparsity"].map(_kind)
     df["nominal_ratio"] = [r if not _isnan(r) else _as_float(s) for r, s in zip(df["ratio"], df["sparsity"])]
     df["nominal_ratio"] = pd.to_numeric(df["nominal_ratio"], errors="coerce")
     return df
+
+
+def choice(df: pd.DataFrame) -> pd.Series:
+    """The score a choice among repeats or cells ranks by: ``holdout_score`` where a run recorded one, else
+    ``score`` (results that chose on dev)."""
+    return df["holdout_score"].where(df["holdout_score"].notna(), df["score"])
+
+
+def _cells_of(data: dict) -> list[dict]:
+    """The cells of one result.json's content (a single-ratio run: its flat fields, under its cell name)."""
+    if data.get("cells"):
+        return data["cells"]
+    return [{**data, "cell": data.get("best_cell") or data.get("cell") or "main"}]
+
+
+def _selection_fields(cell: dict, config: dict) -> dict:
+    info = cell.get("info") or {}
+    mode = (config.get("method") or {}).get("zero_fisher")
+    if mode is None and (config.get("method") or {}).get("name") == "reverse_ird":
+        mode = "include"  # written before the option: the literal reading
+    return {"dev_best": cell.get("dev_best"), "holdout_score": cell.get("holdout_score"),
+            "selected_on": cell.get("selected_on") or "dev", "zero_fisher": info.get("zero_fisher"),
+            "positive_candidates": info.get("positive_candidates"), "zero_fisher_mode": mode}
+
+
+def _with_selection(df: pd.DataFrame, roots) -> pd.DataFrame:
+    """``df`` with the `EXTRA` columns, read from each run's result.json (or lone cell files)."""
+    rows = []
+    for root in roots:
+        for path in find_results(root):
+            data = read_result(path)
+            if data is not None:
+                rows += [{"path": str(path.parent), "cell": c.get("cell"),
+                          **_selection_fields(c, data.get("config") or {})} for c in _cells_of(data)]
+        for path in _lone_cell_files(root):
+            data = read_result(path)
+            if data is not None:
+                rows.append({"path": str(path.parent.parent), "cell": data["cell"],
+                             **_selection_fields(data, data.get("config") or {})})
+    df = df.drop(columns=[c for c in EXTRA if c in df.columns])
+    extra = pd.DataFrame(rows, columns=["path", "cell", *EXTRA]).drop_duplicates(["path", "cell"])
+    return df.merge(extra, on=["path", "cell"], how="left")
+
+
+def _lone_cell_files(root: str | Path) -> list[Path]:
+    """cells/<cell>.json files of run folders that have no result.json yet."""
+    return sorted(p for p in Path(root).rglob("cells/*.json") if not (p.parent.parent / "result.json").exists())
+
+
+def _lone_cells(root: str | Path) -> pd.DataFrame:
+    """One row per finished cell of a run without result.json (in progress, or trained as cell jobs)."""
+    rows = []
+    for path in _lone_cell_files(root):
+        data = read_result(path)
+        if data is None:
+            continue
+        rows.append({k: data.get(k) for k in ("task", "model", "method", "sparsity", "seed", "status", "reason",
+                                               "ratio_fixed", "majority", "device", "cell", "ratio", "samples",
+                                               "score", "trainable_params", "trainable_ratio", "mask_sha256",
+                                               "history")}
+                    | {"path": str(path.parent.parent), "lr": (data.get("info") or {}).get("lr")})
+    return pd.DataFrame(rows)
 
 
 def majority(df: pd.DataFrame) -> pd.DataFrame:
