@@ -156,7 +156,9 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
                   "The paper's rows are BERT-large, or BERT-base where marked (B); single runs on the full "
                   "training sets.", "", paper]
     if lrs := lr_markdown(df):
-        lines += ["## Learning rates", "", "Dev score ×100 of each method at each learning rate it ran with.", "",
+        lines += ["## Learning rates", "", "Dev score ×100 of each method at each learning rate it ran with; the last "
+                  "column is the lr the sweep picks: on the holdout where the runs held examples out, else on dev.",
+                  "",
                   lrs]
     if not df.empty:
         lines += ["## Where it ran", "", where_it_ran(df)]

@@ -7,12 +7,12 @@
   sparsity when it is a number (failed/skipped jobs carry only the sparsity name), else NaN;
 - ``kind``: ``single`` (one score per job), ``ladder`` or ``grid`` (the cells of a staircase/grid job);
 - ``run``: one id per result.json (its folder), so cells of the same job can be grouped;
-- the model-selection fields (`EXTRA`): ``dev_best`` (the best dev score over epochs, what the paper reports;
-  ``score`` itself where a result predates it, as its score was then the best dev epoch), ``holdout_score``
-  (the held-out training examples' score at the epoch chosen on them; NaN when the run chose on dev),
-  ``selected_on`` ("holdout" or "dev") and, for reverse IRD, ``zero_fisher`` (selected entries with F = 0),
-  ``positive_candidates`` (candidates with F > 0) and ``zero_fisher_mode`` (the method's ``zero_fisher``
-  option; "include" for results written before it existed, the literal reading they used).
+- from `load_results`, the model-selection fields: ``score`` (dev at the evaluation chosen), ``dev_best``
+  (the best dev score over epochs, what the paper reports), ``holdout_score`` (NaN when the run chose on dev)
+  and ``selected_on`` ("holdout" or "dev");
+- `MASK`, read from the files: ``zero_fisher`` (selected entries with F = 0), ``positive_candidates``
+  (candidates with F > 0) and ``zero_fisher_mode`` (reverse IRD's ``method.zero_fisher``; "include" for
+  results written before the option, the literal reading they used).
 
 Runs still in progress (or trained as ``cell=`` jobs) have cells/<cell>.json but no result.json yet: their
 cells are read too, so a page drawn while runs arrive shows what has finished.
@@ -50,8 +50,8 @@ MISSING = "–"
 
 COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
            "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed", "majority", "device",
-           "run_seconds", "lr", "history")
-EXTRA = ("dev_best", "holdout_score", "selected_on", "zero_fisher", "positive_candidates", "zero_fisher_mode")
+           "run_seconds", "lr", "history", "dev_best", "holdout_score", "selected_on")
+MASK = ("zero_fisher", "positive_candidates", "zero_fisher_mode")  # reverse IRD's cells, read from the files
 
 
 def collect(*roots: str | Path) -> pd.DataFrame:
@@ -59,8 +59,8 @@ def collect(*roots: str | Path) -> pd.DataFrame:
 
     An empty folder gives an empty frame with the same columns, never an error.
     """
-    frames = [load_results(r) for r in roots]
-    frames += [_lone_cells(r) for r in roots]
+    raw = [x for r in roots for x in _raw(r)]
+    frames = [load_results(r) for r in roots] + [pd.DataFrame([_lone_row(f, d) for f, d, _, lone in raw if lone])]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in COLUMNS:
@@ -68,11 +68,15 @@ def collect(*roots: str | Path) -> pd.DataFrame:
             df[col] = None
     df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
-    df = _with_selection(df, roots)
+    mask = pd.DataFrame([{"path": str(f), "cell": c.get("cell"), **_mask_fields(c, d.get("config") or {})}
+                         for f, d, cells, _ in raw for c in cells], columns=["path", "cell", *MASK])
+    df = df.drop(columns=[c for c in MASK if c in df.columns]).merge(
+        mask.drop_duplicates(["path", "cell"]), on=["path", "cell"], how="left")
     for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr",
                 "dev_best", "holdout_score", "zero_fisher", "positive_candidates"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    df["dev_best"] = df["dev_best"].fillna(df["score"])
+    df["dev_best"] = df["dev_best"].fillna(df["score"])  # older results chose on dev: their score is the best
+    df["selected_on"] = df["selected_on"].fillna("dev")
     df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
     df["run"] = df["path"]
     df["kind"] = df["sparsity"].map(_kind)
@@ -91,56 +95,35 @@ def _cells_of(data: dict) -> list[dict]:
     """The cells of one result.json's content (a single-ratio run: its flat fields, under its cell name)."""
     if data.get("cells"):
         return data["cells"]
-    return [{**data, "cell": data.get("best_cell") or data.get("cell") or "main"}]
+    return [{**data, "cell": data.get("best_cell") or "main"}]
 
 
-def _selection_fields(cell: dict, config: dict) -> dict:
-    info = cell.get("info") or {}
-    mode = (config.get("method") or {}).get("zero_fisher")
-    if mode is None and (config.get("method") or {}).get("name") == "reverse_ird":
-        mode = "include"  # written before the option: the literal reading
-    return {"dev_best": cell.get("dev_best"), "holdout_score": cell.get("holdout_score"),
-            "selected_on": cell.get("selected_on") or "dev", "zero_fisher": info.get("zero_fisher"),
-            "positive_candidates": info.get("positive_candidates"), "zero_fisher_mode": mode}
+def _raw(root: str | Path):
+    """(run folder, content, cells, lone) for each valid result.json, and for each cell file of a run folder
+    that has no result.json yet (``lone``: a run in progress, or trained as ``cell=`` jobs)."""
+    for path in find_results(root):
+        if (data := read_result(path)) is not None:
+            yield path.parent, data, _cells_of(data), False
+    for path in sorted(Path(root).rglob("cells/*.json")):
+        if not (path.parent.parent / "result.json").exists() and (data := read_result(path)) is not None:
+            yield path.parent.parent, data, [data], True
 
 
-def _with_selection(df: pd.DataFrame, roots) -> pd.DataFrame:
-    """``df`` with the `EXTRA` columns, read from each run's result.json (or lone cell files)."""
-    rows = []
-    for root in roots:
-        for path in find_results(root):
-            data = read_result(path)
-            if data is not None:
-                rows += [{"path": str(path.parent), "cell": c.get("cell"),
-                          **_selection_fields(c, data.get("config") or {})} for c in _cells_of(data)]
-        for path in _lone_cell_files(root):
-            data = read_result(path)
-            if data is not None:
-                rows.append({"path": str(path.parent.parent), "cell": data["cell"],
-                             **_selection_fields(data, data.get("config") or {})})
-    df = df.drop(columns=[c for c in EXTRA if c in df.columns])
-    extra = pd.DataFrame(rows, columns=["path", "cell", *EXTRA]).drop_duplicates(["path", "cell"])
-    return df.merge(extra, on=["path", "cell"], how="left")
+def _mask_fields(cell: dict, config: dict) -> dict:
+    """A cell's `MASK` fields (what its selection recorded; the method's ``zero_fisher`` reading)."""
+    info, method = cell.get("info") or {}, config.get("method") or {}
+    mode = method.get("zero_fisher") or ("include" if method.get("name") == "reverse_ird" else None)
+    return {"zero_fisher": info.get("zero_fisher"), "positive_candidates": info.get("positive_candidates"),
+            "zero_fisher_mode": mode}  # reverse IRD before the option: the literal reading ("include")
 
 
-def _lone_cell_files(root: str | Path) -> list[Path]:
-    """cells/<cell>.json files of run folders that have no result.json yet."""
-    return sorted(p for p in Path(root).rglob("cells/*.json") if not (p.parent.parent / "result.json").exists())
-
-
-def _lone_cells(root: str | Path) -> pd.DataFrame:
-    """One row per finished cell of a run without result.json (in progress, or trained as cell jobs)."""
-    rows = []
-    for path in _lone_cell_files(root):
-        data = read_result(path)
-        if data is None:
-            continue
-        rows.append({k: data.get(k) for k in ("task", "model", "method", "sparsity", "seed", "status", "reason",
-                                               "ratio_fixed", "majority", "device", "cell", "ratio", "samples",
-                                               "score", "trainable_params", "trainable_ratio", "mask_sha256",
-                                               "history")}
-                    | {"path": str(path.parent.parent), "lr": (data.get("info") or {}).get("lr")})
-    return pd.DataFrame(rows)
+def _lone_row(folder: Path, data: dict) -> dict:
+    """A cell file's row, with the columns `load_results` gives a result.json's cells."""
+    keys = ("task", "model", "method", "sparsity", "seed", "status", "reason", "ratio_fixed", "majority", "device",
+            "cell", "ratio", "samples", "score", "dev_best", "holdout_score", "trainable_params", "trainable_ratio",
+            "mask_sha256", "history")
+    return {k: data.get(k) for k in keys} | {"path": str(folder), "lr": (data.get("info") or {}).get("lr"),
+                                             "selected_on": data.get("selected_on") or "dev"}
 
 
 def majority(df: pd.DataFrame) -> pd.DataFrame:
