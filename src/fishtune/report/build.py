@@ -140,7 +140,8 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
     if pngs:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     if not arrows.empty:
-        lines += ["## Arrow counts", "", arrows_markdown(arrows)]
+        lines += ["## Arrow counts", "", "▲/▼: the right method's mean over seeds above/below the left's in a cell, "
+                  "with no test (the paired tests over seeds follow).", "", arrows_markdown(arrows)]
     if not verdict.empty:
         per_cell = cell_differences_markdown(cell_differences(df, *PAIR), *PAIR)
         lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR),
