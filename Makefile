@@ -48,7 +48,8 @@ figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under 
 
 report: install ## rebuild docs/report and each page beside it (docs/report/*/runs) from the committed runs
 	$(PY) -m fishtune.report docs/report/runs --out docs/report --no-pdf
-	@for d in docs/report/*/runs; do echo "$(PY) -m fishtune.report $$d --out $${d%/runs} --no-pdf"; \
+	@for d in docs/report/*/runs; do [ -n "$$(find $$d -name '*.json' -print -quit)" ] || continue; \
+		echo "$(PY) -m fishtune.report $$d --out $${d%/runs} --no-pdf"; \
 		$(PY) -m fishtune.report "$$d" --out "$${d%/runs}" --no-pdf || exit 1; done
 
 repro-cpu: install ## run (or resume) the MiniLM reproduction on this CPU into docs/report/runs, then make report

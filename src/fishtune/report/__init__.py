@@ -3,8 +3,23 @@
     python -m fishtune.report outputs/multirun/<sweep> [--out DIR]     # or: fishtune-report ...
 
 Modules: `collect` (results -> tidy DataFrame), `heatmap` (ladder heatmaps, Figs. 2-6, and arrow counts),
-`table` (Table 2), `scaling` (Fig. 1), `build` (everything into one folder), `callback` (Hydra callback that
+`table` (Table 2), `scaling` (Fig. 1), `case` and `case_page` (the SST-2 case study: Table 3, Figs. 1, 2, 5;
+`table3(df)` for a notebook), `build` (everything into one folder), `callback` (Hydra callback that
 builds the report when a multirun ends). Each picture has a data function (DataFrames/arrays, tested) and a
 separate drawing function. Only pandas, matplotlib (Agg) and fishtune.runner.results are used; importing this package
 itself imports nothing heavy, so the Hydra callback stays cheap to load.
 """
+
+from __future__ import annotations
+
+__all__ = ["table3"]
+
+
+def __getattr__(name: str):
+    """``fishtune.report.table3(df)`` (Table 3 of the SST-2 case study as a frame, see `case`), loaded on use
+    so that importing the package stays cheap."""
+    if name == "table3":
+        from .case import table3
+
+        return table3
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,9 +4,10 @@
 task/model and combined), arrows.csv/.md, table2.md/.tex/.csv (with the majority-class row), the paper's
 Table 2 beside ours (paper.md), the training curves (curves.csv + figure), the scaling plot when there are grid
 runs, ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`), above_majority.csv (each method against
-the majority class, paired over seeds) and a README.md that links them, opened by a root's NOTES.md when it
-has one (the protocol, in words; every number comes from the results); it returns the list of files written
-(the CLI and the Hydra callback print it).
+the majority class, paired over seeds), the SST-2 case study (`case_page`: Table 3, Figs. 1, 2 and 5, its
+verdicts) when the results hold SST-2 ladder runs of FISH and IRD, and a README.md that links them, opened by a
+root's NOTES.md when it has one (the protocol, in words; every number comes from the results); it returns the
+list of files written (the CLI and the Hydra callback print it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # batch drawing (CLI, Hydra callback); the figures themselves are plain Figure objects
 
+from .case import has_case  # noqa: E402
+from .case_page import write_case  # noqa: E402
 from .collect import TASK_ORDER, collect, ordered, problems, status_counts, task_name  # noqa: E402
 from .curves import write_curves  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
@@ -57,6 +60,10 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     text("problems.csv", bad.to_csv(index=False))
 
     pairs = ladder_pairs(df)
+    case = ""
+    if has_case(df):
+        files, case = write_case(df, out, formats)
+        written += files
     written += write_heatmaps(pairs, out, formats)
     arrows = arrow_counts(pairs)
     text("arrows.csv", arrows.to_csv(index=False))
@@ -76,7 +83,7 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     learned = above_majority(df)
     text("above_majority.csv", learned.to_csv(index=False))
     seconds = time.perf_counter() - t0
-    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned))
+    text("README.md", _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned, case))
     return written
 
 
@@ -99,14 +106,29 @@ def where_it_ran(df) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned) -> str:
+def which_score(df) -> str:
+    """One sentence: which score the page's tables show (holdout-chosen or best dev epoch), from the results."""
+    ok = df[(df["status"] == "ok") & df["score"].notna()]
+    held = int((ok["selected_on"] == "holdout").sum())
+    if not held:
+        return ("Scores: each cell's best dev score over epochs (these runs chose their epoch on the dev set; no "
+                "examples were held out).")
+    return (f"Scores: the dev score at the epoch chosen on held-out training examples ({held} of {len(ok)} cells; "
+            "the others, run without a holdout, their best dev epoch); each cell's best dev epoch (the paper's "
+            "number) is `dev_best` in results.csv. Wherever the page picks one of several cells or repeats, it "
+            "picks on the holdout score.")
+
+
+def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, paper, learned, case="") -> str:
     runs = df["run"].nunique()
     n = {s: int(counts[s].sum()) for s in ("ok", "skipped", "failed")} if not counts.empty else {}
     notes = [Path(r) / "NOTES.md" for r in roots if (Path(r) / "NOTES.md").is_file()]
     lines = [notes[0].read_text().rstrip("\n")] if notes else ["# fishtune report"]
     lines += ["", f"From {', '.join(str(r) for r in roots)}: {runs} runs "
               f"({', '.join(f'{v} {k}' for k, v in n.items())}), {len(df)} rows in results.csv; built in "
-              f"{seconds:.1f} s.", ""]
+              f"{seconds:.1f} s.", "", which_score(df), ""]
+    if case:
+        lines += [case, ""]
     if not bad.empty:
         lines += ["## Not finished", "", "| task | model | method | sparsity | seed | cell | status | reason |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -114,11 +136,12 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
             lines.append(f"| {r.task} | {r.model} | {r.method} | {r.sparsity} | {r.seed} | {r.cell} | {r.status} | "
                          f"{str(r.reason or '').replace('|', '/')[:120]} |")
         lines.append("")
-    pngs = [p for p in written if p.suffix == ".png"]
+    pngs = [p for p in written if p.suffix == ".png" and not p.name.startswith("case_")]  # the case's are above
     if pngs:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     if not arrows.empty:
-        lines += ["## Arrow counts", "", arrows_markdown(arrows)]
+        lines += ["## Arrow counts", "", "▲/▼: the right method's mean over seeds above/below the left's in a cell, "
+                  "with no test (the paired tests over seeds follow).", "", arrows_markdown(arrows)]
     if not verdict.empty:
         per_cell = cell_differences_markdown(cell_differences(df, *PAIR), *PAIR)
         lines += [f"## {PAIR[1]} vs {PAIR[0]} beyond noise (paired over seeds)", "", verdicts_markdown(verdict, *PAIR),
@@ -134,7 +157,9 @@ def _readme(roots, df, counts, bad, arrows, long, written, seconds, verdict, pap
                   "The paper's rows are BERT-large, or BERT-base where marked (B); single runs on the full "
                   "training sets.", "", paper]
     if lrs := lr_markdown(df):
-        lines += ["## Learning rates", "", "Dev score ×100 of each method at each learning rate it ran with.", "",
+        lines += ["## Learning rates", "", "Dev score ×100 of each method at each learning rate it ran with; the last "
+                  "column is the lr the sweep picks: on the holdout where the runs held examples out, else on dev.",
+                  "",
                   lrs]
     if not df.empty:
         lines += ["## Where it ran", "", where_it_ran(df)]

@@ -6,7 +6,18 @@
 - ``nominal_ratio``: the parameter ratio (percent) a row was asked for: the cell's ratio, else the job's
   sparsity when it is a number (failed/skipped jobs carry only the sparsity name), else NaN;
 - ``kind``: ``single`` (one score per job), ``ladder`` or ``grid`` (the cells of a staircase/grid job);
-- ``run``: one id per result.json (its folder), so cells of the same job can be grouped.
+- ``run``: one id per result.json (its folder), so cells of the same job can be grouped;
+- from `load_results`, the model-selection fields: ``score`` (dev at the evaluation chosen), ``dev_best``
+  (the best dev score over epochs, what the paper reports), ``holdout_score`` (NaN when the run chose on dev)
+  and ``selected_on`` ("holdout" or "dev");
+- `MASK`, read from the files: ``zero_fisher`` (selected entries with F = 0), ``positive_candidates``
+  (candidates with F > 0) and ``zero_fisher_mode`` (reverse IRD's ``method.zero_fisher``; "include" for
+  results written before the option, the literal reading they used).
+
+Runs still in progress (or trained as ``cell=`` jobs) have cells/<cell>.json but no result.json yet: their
+cells are read too, so a page drawn while runs arrive shows what has finished.
+`choice(df)` is the score every "pick the best of several" in the report ranks by: the holdout score where
+there is one, else the dev score (never the dev score when a holdout was there to choose on).
 
 It also holds the shared vocabulary (task and method order, display names, number formatting). Nothing here
 imports torch or the training code.
@@ -20,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fishtune.runner.results import load_results
+from fishtune.runner.results import find_results, load_results, read_result
 
 # GLUE's own order; tasks not listed come after, alphabetically.
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -39,7 +50,8 @@ MISSING = "–"
 
 COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samples", "status", "reason",
            "score", "trainable_params", "trainable_ratio", "mask_sha256", "path", "ratio_fixed", "majority", "device",
-           "run_seconds", "lr", "history")
+           "run_seconds", "lr", "history", "dev_best", "holdout_score", "selected_on")
+MASK = ("zero_fisher", "positive_candidates", "zero_fisher_mode")  # reverse IRD's cells, read from the files
 
 
 def collect(*roots: str | Path) -> pd.DataFrame:
@@ -47,7 +59,8 @@ def collect(*roots: str | Path) -> pd.DataFrame:
 
     An empty folder gives an empty frame with the same columns, never an error.
     """
-    frames = [load_results(r) for r in roots]
+    raw = [x for r in roots for x in _raw(r)]
+    frames = [load_results(r) for r in roots] + [pd.DataFrame([_lone_row(f, d) for f, d, _, lone in raw if lone])]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in COLUMNS:
@@ -55,14 +68,62 @@ def collect(*roots: str | Path) -> pd.DataFrame:
             df[col] = None
     df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
-    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr"):
+    mask = pd.DataFrame([{"path": str(f), "cell": c.get("cell"), **_mask_fields(c, d.get("config") or {})}
+                         for f, d, cells, _ in raw for c in cells], columns=["path", "cell", *MASK])
+    df = df.drop(columns=[c for c in MASK if c in df.columns]).merge(
+        mask.drop_duplicates(["path", "cell"]), on=["path", "cell"], how="left")
+    for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr",
+                "dev_best", "holdout_score", "zero_fisher", "positive_candidates"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["dev_best"] = df["dev_best"].fillna(df["score"])  # older results chose on dev: their score is the best
+    df["selected_on"] = df["selected_on"].fillna("dev")
     df["sparsity"] = df["sparsity"].map(lambda s: None if s is None or _isnan(s) else str(s))
     df["run"] = df["path"]
     df["kind"] = df["sparsity"].map(_kind)
     df["nominal_ratio"] = [r if not _isnan(r) else _as_float(s) for r, s in zip(df["ratio"], df["sparsity"])]
     df["nominal_ratio"] = pd.to_numeric(df["nominal_ratio"], errors="coerce")
     return df
+
+
+def choice(df: pd.DataFrame) -> pd.Series:
+    """The score a choice among repeats or cells ranks by: ``holdout_score`` where a run recorded one, else
+    ``score`` (results that chose on dev)."""
+    return df["holdout_score"].where(df["holdout_score"].notna(), df["score"])
+
+
+def _cells_of(data: dict) -> list[dict]:
+    """The cells of one result.json's content (a single-ratio run: its flat fields, under its cell name)."""
+    if data.get("cells"):
+        return data["cells"]
+    return [{**data, "cell": data.get("best_cell") or "main"}]
+
+
+def _raw(root: str | Path):
+    """(run folder, content, cells, lone) for each valid result.json, and for each cell file of a run folder
+    that has no result.json yet (``lone``: a run in progress, or trained as ``cell=`` jobs)."""
+    for path in find_results(root):
+        if (data := read_result(path)) is not None:
+            yield path.parent, data, _cells_of(data), False
+    for path in sorted(Path(root).rglob("cells/*.json")):
+        if not (path.parent.parent / "result.json").exists() and (data := read_result(path)) is not None:
+            yield path.parent.parent, data, [data], True
+
+
+def _mask_fields(cell: dict, config: dict) -> dict:
+    """A cell's `MASK` fields (what its selection recorded; the method's ``zero_fisher`` reading)."""
+    info, method = cell.get("info") or {}, config.get("method") or {}
+    mode = method.get("zero_fisher") or ("include" if method.get("name") == "reverse_ird" else None)
+    return {"zero_fisher": info.get("zero_fisher"), "positive_candidates": info.get("positive_candidates"),
+            "zero_fisher_mode": mode}  # reverse IRD before the option: the literal reading ("include")
+
+
+def _lone_row(folder: Path, data: dict) -> dict:
+    """A cell file's row, with the columns `load_results` gives a result.json's cells."""
+    keys = ("task", "model", "method", "sparsity", "seed", "status", "reason", "ratio_fixed", "majority", "device",
+            "cell", "ratio", "samples", "score", "dev_best", "holdout_score", "trainable_params", "trainable_ratio",
+            "mask_sha256", "history")
+    return {k: data.get(k) for k in keys} | {"path": str(folder), "lr": (data.get("info") or {}).get("lr"),
+                                             "selected_on": data.get("selected_on") or "dev"}
 
 
 def majority(df: pd.DataFrame) -> pd.DataFrame:

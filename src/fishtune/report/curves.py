@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .collect import METHOD_ORDER, TASK_ORDER, majority, method_name, ordered, task_name
+from .collect import METHOD_ORDER, TASK_ORDER, choice, majority, method_name, ordered, task_name
 
 CURVE_COLUMNS = ["task", "model", "method", "epoch", "mean", "min", "max", "n"]
 
@@ -29,7 +29,7 @@ def curve_data(df: pd.DataFrame, ratio: float = 0.5) -> pd.DataFrame:
         at = g if fixed else g[(g["nominal_ratio"] - ratio).abs() < 1e-9]
         if at.empty:
             continue
-        best = at.loc[at["score"].idxmax()]
+        best = at.loc[choice(at).idxmax()]  # the cell the holdout picks (older runs: the best dev cell)
         for h in best["history"] if isinstance(best["history"], list) else []:
             rows.append({"task": best["task"], "model": best["model"], "method": best["method"],
                          "seed": best["seed"], "epoch": h["epoch"], "score": h["score"]})

@@ -3,6 +3,10 @@
 Rows are BERT-large unless marked BERT-base ("(B)" in the paper). The numbers are the paper's, copied from
 its Table 2 (the column order is the paper's: QNLI, SST-2, MNLI-m, MNLI-mm, CoLA, MRPC, STS-B, RTE, QQP).
 `paper_beside_ours(long, model)` puts each of our Table 2 rows that has a counterpart next to it.
+
+`TABLE3` is the paper's Table 3 (its §5.4.1 case study: BERT on SST-2, dev accuracy of FISH Mask and IRD at
+each cell of IRD's staircase, single runs): (method, ratio %, samples) -> accuracy. The paper prints nine
+digits, each a count of the 872 SST-2 dev sentences (0.922018349 = 804/872).
 """
 
 from __future__ import annotations
@@ -32,6 +36,22 @@ TABLE2 = {
     ("fish", 0.02, "bert-base"): (89.4, 90.8, 73.9, 78.1, 53.6, 88.0, 87.8, 66.1, 82.8),
     ("ird", 0.02, "bert-base"): (89.1, 90.7, 79.1, 79.7, 54.7, 87.9, 87.9, 69.3, 83.9),
 }
+
+
+TABLE3 = {
+    ("fish", 2.5, 128): 0.922018349, ("fish", 2.5, 32): 0.918577982, ("fish", 0.5, 32): 0.917431193,
+    ("fish", 0.5, 16): 0.912844037, ("fish", 0.1, 16): 0.910550459, ("fish", 0.1, 1): 0.912844037,
+    ("fish", 0.02, 1): 0.908256881,
+    ("ird", 2.5, 128): 0.922018349, ("ird", 2.5, 32): 0.916284404, ("ird", 0.5, 32): 0.916284404,
+    ("ird", 0.5, 16): 0.917431193, ("ird", 0.1, 16): 0.911697248, ("ird", 0.1, 1): 0.912844037,
+    ("ird", 0.02, 1): 0.907110092,
+}
+
+
+def paper_table3(method: str, ratio: float, samples: int) -> float | None:
+    """The paper's Table 3 accuracy (a fraction) of ``method`` at (``ratio`` %, ``samples``), or None."""
+    return next((v for (m, r, n), v in TABLE3.items()
+                 if m == method and math.isclose(r, ratio) and n == int(samples)), None)
 
 
 def paper_score(method: str, ratio_key, task: str) -> tuple[float, str] | None:

@@ -23,7 +23,7 @@ import pandas as pd
 from .collect import PAIRS
 
 __all__ = ["paired_cells", "paired_test", "verdicts", "verdicts_markdown", "cell_differences",
-           "cell_differences_markdown", "above_majority", "above_majority_markdown"]
+           "cell_differences_markdown", "above_majority", "above_majority_markdown", "side"]
 
 
 MIN_SEEDS = 3  # below this the spread of the seeds' differences is itself a guess: no verdict
@@ -63,7 +63,7 @@ def paired_test(diffs, rounds: int = 20000, seed: int = 0) -> dict[str, float]:
     return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p}
 
 
-def _side(t: dict[str, float]) -> int | None:
+def side(t: dict[str, float]) -> int | None:
     """Which side of 0 a `paired_test` puts the mean difference on: 1 or -1 when its t interval excludes 0, 0 when
     it does not, None below `MIN_SEEDS` seeds (no verdict)."""
     if t["n"] < MIN_SEEDS:
@@ -78,7 +78,7 @@ def verdicts(df: pd.DataFrame, left: str = "fish", right: str = "ird", alpha: fl
     for (model, task), g in pairs.groupby(["model", "task"], sort=True):
         per_seed = g.groupby("seed")["diff"].mean()
         t = paired_test(per_seed.values)
-        verdict = {1: f"{right} better", -1: f"{right} worse"}.get(_side(t), "within noise")
+        verdict = {1: f"{right} better", -1: f"{right} worse"}.get(side(t), "within noise")
         floor = 2.0 / 2 ** t["n"] if t["n"] else math.nan  # the smallest exact two-sided p with n seeds
         rows.append({"model": model, "task": task, "cells": g["cell"].nunique(), **t, "verdict": verdict,
                      "min_p": floor})
@@ -130,14 +130,15 @@ def above_majority(df: pd.DataFrame) -> pd.DataFrame:
     ``not above (within noise)``)."""
     ok = df[(df["status"] == "ok") & df["score"].notna() & df["majority"].notna()]
     ok = ok.assign(lr=ok["lr"].fillna(-1.0))  # runs at other lrs are not seeds (groupby drops a NaN key)
-    best = ok.groupby(["model", "task", "method", "lr", "seed", "run"], sort=True).agg(
+    # one entry per seed: a method's several runs of one seed (a ladder and a grid) are not more seeds
+    best = ok.groupby(["model", "task", "method", "lr", "seed"], sort=True).agg(
         score=("score", "max"), majority=("majority", "first")).reset_index()
     several = best.groupby(["model", "task", "method"])["lr"].transform("nunique") > 1
     best["method"] = [f"{m} (lr {lr:g})" if many else m for m, lr, many in zip(best["method"], best["lr"], several)]
     rows = []
     for (model, task, method), g in best.groupby(["model", "task", "method"], sort=True):
         t = paired_test((g["score"] - g["majority"]).values)
-        verdict = {1: "above", -1: "below", 0: "not above (within noise)"}.get(_side(t), f"needs {MIN_SEEDS} seeds")
+        verdict = {1: "above", -1: "below", 0: "not above (within noise)"}.get(side(t), f"needs {MIN_SEEDS} seeds")
         rows.append({"model": model, "task": task, "method": method, **t, "majority": g["majority"].mean(),
                      "verdict": verdict})
     return pd.DataFrame(rows, columns=["model", "task", "method", "n", "mean", "ci_low", "ci_high", "p", "majority",

@@ -3,7 +3,9 @@
 Rows are (method, parameter ratio): Dense and BitFit get one row each at their measured trainable share,
 every other method one row per ratio it ran at. A single-ratio job gives its score; a ladder or grid job gives,
 at each of its ratios, its best cell there (IRD's choice over the staircase), used only where the method has no
-single-ratio job at that ratio. Cells show the headline metric ×100 with one decimal, "mean ± std" over seeds
+single-ratio job at that ratio (a ladder's over a grid's). "Best" (of cells at a ratio, of a seed's repeats) ranks
+by the holdout score where the runs recorded one (`collect.choice`), so no choice is made on the dev set the
+table then shows. Cells show the headline metric ×100 with one decimal, "mean ± std" over seeds
 when there are several, the best of each column in bold, "–" where nothing ran, and "failed"/"skipped" (or a
 count of them beside the mean) where runs did not finish: nothing is dropped silently.
 
@@ -17,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .collect import METHOD_ORDER, MISSING, TASK_ORDER, fmt_ratio, majority, method_name, ordered, task_name
+from .collect import METHOD_ORDER, MISSING, TASK_ORDER, choice, fmt_ratio, majority, method_name, ordered, task_name
 
 TOL = 1e-9
 LONG_COLUMNS = ["model", "method", "ratio_key", "params_ratio", "task", "mean", "std", "n_ok", "n_failed",
@@ -35,6 +37,7 @@ def _ratio_key(ratio_fixed: bool, r: float, sparsity) -> object:
 def _entries(df: pd.DataFrame) -> pd.DataFrame:
     """One entry per run and ratio: status, score, seed (ladder/grid runs: the best ok cell at each ratio)."""
     rows = []
+    df = df.assign(_choice=choice(df))
     for _, g in df.groupby("run", sort=False):
         first = g.iloc[0]
         base = {"model": first["model"], "method": first["method"], "task": first["task"], "seed": first["seed"],
@@ -44,24 +47,25 @@ def _entries(df: pd.DataFrame) -> pd.DataFrame:
             ok = cg[(cg["status"] == "ok") & cg["score"].notna()]
             status = "ok" if not ok.empty else ("failed" if (cg["status"] != "skipped").any() else "skipped")
             reason = next((x for x in cg["reason"] if isinstance(x, str) and x), None)
+            pick = ok.loc[ok["_choice"].idxmax()] if not ok.empty else None
             rows.append({**base, "ratio_key": _ratio_key(bool(first["ratio_fixed"]), r, first["sparsity"]),
-                         "status": status, "score": ok["score"].max() if not ok.empty else math.nan,
+                         "status": status, "score": pick["score"] if pick is not None else math.nan,
+                         "choice": pick["_choice"] if pick is not None else math.nan,
                          "trainable_ratio": ok["trainable_ratio"].mean() if not ok.empty else math.nan,
                          "reason": None if status == "ok" else reason})
     e = pd.DataFrame(rows)
     if e.empty:
         return e
-    # single-ratio jobs win over ladder/grid best-at-ratio for the same method and ratio
-    has_single = e[e["kind"] == "single"].groupby(["model", "method", "task"])["ratio_key"].agg(set)
-    keep = [row.kind == "single" or row.ratio_key not in has_single.get((row.model, row.method, row.task), set())
-            for row in e.itertuples()]
-    e = e[keep]
+    # single-ratio jobs win over ladder best-at-ratio for the same method and ratio, a ladder over a grid
+    rank = e["kind"].map({"single": 0, "ladder": 1}).fillna(2)
+    e = e[rank == rank.groupby([e["model"], e["method"], e["task"], e["ratio_key"].astype(str)]).transform("min")]
     # one entry per seed: a repeat of the same seed (BitFit swept over sparsities, a learning-rate sweep) is
-    # not a new seed; the best ok repeat stands for it (a sweep's row is its best lr, as the sweep chooses)
-    e = e.assign(_bad=(e["status"] != "ok"), _neg=-e["score"].fillna(-math.inf))
+    # not a new seed; the best ok repeat stands for it (a sweep's row is its best lr, as the sweep chooses:
+    # on the holdout when there is one)
+    e = e.assign(_bad=(e["status"] != "ok"), _neg=-e["choice"].fillna(-math.inf))
     e = e.sort_values(["_bad", "_neg"], kind="stable")
     dup = e.duplicated(["model", "method", "task", "ratio_key", "seed"]) & e["seed"].notna()
-    return e[~dup].drop(columns=["_bad", "_neg"]).sort_index()  # back in the order the runs were read
+    return e[~dup].drop(columns=["_bad", "_neg", "choice"]).sort_index()  # back in the order the runs were read
 
 
 def _text(mean: float, std: float, n_ok: int, n_failed: int, n_skipped: int) -> str:
@@ -209,22 +213,28 @@ def table2_csv(long: pd.DataFrame) -> str:
 
 
 def lr_markdown(df: pd.DataFrame) -> str:
-    """Markdown of a learning-rate sweep: the score of each method at each lr it ran with, per task and ratio
-    (only where some method ran with more than one lr); empty otherwise."""
+    """Markdown of a learning-rate sweep: the dev score of each method at each lr it ran with, per task and
+    ratio (only where some method ran with more than one lr), and the lr the sweep picks: the best mean
+    holdout score where the runs held examples out, else (older runs) the best mean dev score; empty
+    otherwise."""
     ok = df[(df["status"] == "ok") & df["score"].notna() & df["lr"].notna()]
     ok = ok.assign(ratio_key=[_ratio_key(f, r, s) for f, r, s in zip(ok["ratio_fixed"], ok["nominal_ratio"],
-                                                                     ok["sparsity"])])
+                                                                     ok["sparsity"])], choice=choice(ok))
     swept = ok.groupby(["model", "task", "method", "ratio_key"])["lr"].transform("nunique") > 1
     if not swept.any():
         return ""
     sub = ok[ok.groupby(["model", "task"])["lr"].transform("nunique") > 1]
-    table = sub.pivot_table(index=["model", "task", "method", "ratio_key"], columns="lr", values="score",
-                            aggfunc="mean")
+    index = ["model", "task", "method", "ratio_key"]
+    table = sub.pivot_table(index=index, columns="lr", values="score", aggfunc="mean")
+    chosen = sub.pivot_table(index=index, columns="lr", values="choice", aggfunc="mean")
+    on = sub.groupby(index)["holdout_score"].agg(lambda h: "holdout" if h.notna().any() else "dev")
     lrs = list(table.columns)
-    lines = ["| model | task | method | ratio | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-             "|---|---|---|---|" + "---:|" * len(lrs)]
+    lines = ["| model | task | method | ratio | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | lr chosen (on) |",
+             "|---|---|---|---|" + "---:|" * len(lrs) + "---|"]
     for (model, task, method, key), row in table.iterrows():
         ratio = key if isinstance(key, str) else fmt_ratio(key)
+        pick = chosen.loc[(model, task, method, key)].idxmax()
         lines.append(f"| {model} | {task_name(task)} | {method_name(method)} | {ratio} | "
-                     + " | ".join(MISSING if math.isnan(v) else f"{v * 100:.1f}" for v in row) + " |")
+                     + " | ".join(MISSING if math.isnan(v) else f"{v * 100:.1f}" for v in row)
+                     + f" | {pick:g} ({on[(model, task, method, key)]}) |")
     return "\n".join(lines) + "\n"
