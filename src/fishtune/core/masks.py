@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,8 @@ def num_selected(ratio: float, universe: int, head: int = 0, rule: str = "exact"
     ``rule="exact"``: floor(ratio/100 × universe), at least 1. ``rule="fish_reference"``: the FISH reference
     code's count, floor(ratio/100 × (universe + head)) − head, at least 1.
     """
-    if not 0 < ratio <= 100:
-        raise ValueError(f"ratio must be in (0, 100] (percent of the pretrained parameters), got {ratio}")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 100:
+        raise ValueError(f"ratio must be in (0, 100] (percent of the pretrained parameters), got {ratio!r}")
     if rule == "exact":
         k = math.floor(ratio / 100 * universe)
     elif rule == "fish_reference":
@@ -183,6 +184,9 @@ def select_top_k(
             s = torch.where(allowed, s, torch.full_like(s, -math.inf))
         flat.append(torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
     available = candidates.count if candidates is not None else sum(f.numel() for f in flat)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k: a whole number of entries, got {k!r}")
+    k = int(k)
     if k < 1:
         raise ValueError(f"k: at least one entry must be selected, got k={k}")
     if k > available:
@@ -221,8 +225,20 @@ def _apportion(k: int, sizes: list[int]) -> list[int]:
     return quotas
 
 
-def mask_from_names(model: nn.Module, names: list[str]) -> Mask:
+def param_names(model: nn.Module, names: str | Sequence[str], what: str) -> list[str]:
+    """``names`` (parameter names, or one name as a string) checked against ``model``; ValueError naming the
+    argument ``what`` and the first name the model does not have."""
+    names = [names] if isinstance(names, str) else list(names)
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"{what}: no parameter named {unknown[0]!r} in the model")
+    return names
+
+
+def mask_from_names(model: nn.Module, names: str | Sequence[str]) -> Mask:
     """A mask selecting every entry of the named parameters (e.g. BitFit's biases)."""
+    names = param_names(model, names, "names")
     params = dict(model.named_parameters())
     return Mask(
         {n: torch.arange(params[n].numel()) for n in names},
