@@ -71,19 +71,20 @@ class Mask:
                 return False
         return True
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise ValueError when this mask (or its saved head) does not fit ``model`` (a name or shape differs)."""
+    def check_model(self, model: nn.Module, where: str = "mask") -> None:
+        """Raise ValueError (starting with ``where``, e.g. the file's name) when this mask or its saved head
+        does not fit ``model`` (a name or shape differs)."""
         params = dict(model.named_parameters())
         for name, t in self.head.items():
             if name not in params or tuple(params[name].shape) != tuple(t.shape):
-                raise ValueError(f"mask: its head {name!r} does not fit the model (a mask made for another model "
+                raise ValueError(f"{where}: its head {name!r} does not fit the model (a mask made for another model "
                                  "or another number of labels?)")
         for name, shape in self.shapes.items():
             if name not in params:
-                raise ValueError(f"mask: parameter {name!r} is not in the model (a mask made for another model?)")
+                raise ValueError(f"{where}: parameter {name!r} is not in the model (a mask made for another model?)")
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(
-                    f"mask: parameter {name!r} has shape {tuple(params[name].shape)} in the model, "
+                    f"{where}: parameter {name!r} has shape {tuple(params[name].shape)} in the model, "
                     f"{tuple(shape)} in the mask (a mask made for another model?)"
                 )
 
@@ -113,18 +114,29 @@ class Mask:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
             raise ValueError(f"mask file {path} is not a readable safetensors file: {e}") from None
-        shapes = {
-            k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x)
-            for k, v in meta.items() if k.startswith("shape:")
-        }
+        try:
+            shapes = {k[len("shape:"):]: tuple(int(x) for x in v.split(",") if x)
+                      for k, v in meta.items() if k.startswith("shape:")}
+        except ValueError:
+            raise ValueError(f"mask file {path} is corrupted (a shape in its metadata is not a list of sizes)") \
+                from None
         indices = {k: v for k, v in tensors.items() if not k.startswith(HEAD)}
         head = {k[len(HEAD):]: v for k, v in tensors.items() if k.startswith(HEAD)}
         mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes}, head=head)
         if set(mask.shapes) != set(indices) or ("sha256" in meta and meta["sha256"] != mask.sha256()):
             raise ValueError(f"mask file {path} is corrupted (its sha256 or shapes do not match its contents)")
         for n, idx in indices.items():
+            if idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
+                raise ValueError(f"mask file {path}: indices of {n!r} are a {idx.dim()}-D {idx.dtype} tensor, not "
+                                 "a 1-D list of flat integer indices")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= math.prod(mask.shapes[n])):
                 raise ValueError(f"mask file {path}: indices of {n!r} fall outside its shape")
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise ValueError(f"mask file {path}: indices of {n!r} are not sorted and distinct")
+            indices[n] = idx.to(torch.int64)
+        for n, t in head.items():
+            if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise ValueError(f"mask file {path}: its head {n!r} holds non-finite or non-float values")
         return mask
 
 
