@@ -45,7 +45,8 @@ COLUMNS = ("task", "model", "method", "sparsity", "seed", "cell", "ratio", "samp
 def collect(*roots: str | Path) -> pd.DataFrame:
     """Every result (one row per run, or per ladder/grid cell) under ``roots``, with the report's columns.
 
-    An empty folder gives an empty frame with the same columns, never an error.
+    An empty folder gives an empty frame with the same columns, never an error; a result.json that is not a
+    valid result (another schema, truncated, a field of the wrong type) is skipped with one logged line.
     """
     frames = [load_results(r) for r in roots]
     frames = [f for f in frames if not f.empty]
