@@ -124,6 +124,8 @@ class RunResult:
     single: bool = True  # one "main" cell, written flat
 
     def __post_init__(self) -> None:
+        if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
+            self.sparsity = str(self.sparsity)  # failed runs recorded the YAML's number before it was checked
         _check_types(self)
         if self.status not in STATUSES:
             raise ResultError(f"status {self.status!r} is not {'|'.join(STATUSES)}")
@@ -319,12 +321,15 @@ def write_status(path: str | Path, status: str, reason: str, cfg: Any) -> None:
     never over an ``ok`` result."""
     assert status in ("failed", "skipped"), "write_status is for runs that did not finish"
 
-    def name(group: str) -> Any:
+    def name(group: str) -> str | None:  # as text (a sparsity's name is its ratio, a number in the YAML)
         node = cfg.get(group) if hasattr(cfg, "get") else None
-        return node.get("name") if node is not None and hasattr(node, "get") else None
+        value = node.get("name") if node is not None and hasattr(node, "get") else None
+        return None if value is None else str(value)
 
+    seed = cfg.get("seed") if hasattr(cfg, "get") else None
     run = RunResult(task=name("task"), model=name("model"), method=name("method"), status=status, reason=reason,
-                    sparsity=name("sparsity"), seed=cfg.get("seed") if hasattr(cfg, "get") else None)
+                    sparsity=name("sparsity"), seed=seed if isinstance(seed, int) and not isinstance(seed, bool)
+                    else None)
     write_unless_ok(path, run.to_json())
 
 
