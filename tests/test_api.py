@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,31 +38,92 @@ def test_any_architecture_exact_counts(arch):
     assert ft.trainable_count(model, exclude=head) == mask.count
 
 
-def test_bad_api_input():
+@pytest.fixture(scope="module")
+def api():
+    """A tiny BERT, its head, a selector and a FISH mask: what the misuse table calls the API with (the
+    model itself is never changed; a call that masks one takes a fresh copy)."""
     model = tiny_model("bert")
-    sel = ft.Selector(model, tiny_examples(6), collate, head=ft.head_names(model), progress=False)
-    with pytest.raises(ValueError, match="ratio"):
-        ft.fish_mask(sel, 0, 4, seed=0)
-    with pytest.raises(ValueError, match="num_samples=10 is larger than the training set"):
-        ft.fish_mask(sel, 1.0, 10, seed=0)
-    with pytest.raises(ValueError, match="samples"):
-        ft.Selector(model, [], collate)
-    with pytest.raises(ValueError, match="batches"):
-        ft.compute_fisher(model, [])
-    other = tiny_model("gpt2")
+    head = ft.head_names(model)
+    sel = ft.Selector(model, tiny_examples(6), collate, head=head, progress=False)
     mask, _ = ft.fish_mask(sel, 1.0, 4, seed=0)
-    with pytest.raises(ValueError, match="another model"):
-        ft.apply_mask(other, mask)
-    with pytest.raises(ValueError, match="head: no parameter named 'nope'"):
-        ft.Selector(model, tiny_examples(6), collate, head=["nope"])
-    with pytest.raises(ValueError, match="k: at least one entry"):
-        ft.select_top_k({"w": torch.rand(3)}, 0)
-    with pytest.raises(ValueError, match="params: no parameter named 'x'"):
-        ft.compute_fisher(model, [collate(tiny_examples(2))], params=["x"], progress=False)
-    with pytest.raises(ValueError, match="trainable: no parameter named 'x'"):
-        ft.apply_mask(tiny_model("bert"), mask, trainable=["x"])
-    with pytest.raises(ValueError, match="samples: must be strictly decreasing"):
-        ft.ird_walk(sel, [2, 4], [1.0, 0.5], seed=0)
+    return SimpleNamespace(model=model, head=head, sel=sel, mask=mask)
+
+
+def _masked(api):
+    return ft.apply_mask(tiny_model("bert"), api.mask, trainable=api.head)
+
+
+# (case, call(api, tmp_path), exception, the message it must say): each a misuse naming its real cause
+MISUSE = [
+    ("ratio 0", lambda a, _: ft.fish_mask(a.sel, 0, 4, seed=0), ValueError, "ratio"),
+    ("ratio as text", lambda a, _: ft.fish_mask(a.sel, "1", 4, seed=0), ValueError, r"ratio must be in .*got '1'"),
+    ("more samples than examples", lambda a, _: ft.fish_mask(a.sel, 1.0, 10, seed=0), ValueError,
+     "num_samples=10 is larger than the training set"),
+    ("fractional num_samples", lambda a, _: ft.fish_mask(a.sel, 1.0, 4.5, seed=0), ValueError,
+     "num_samples must be a whole number, got 4.5"),
+    ("no samples", lambda a, _: ft.Selector(a.model, [], collate), ValueError, "samples"),
+    ("samples without len", lambda a, _: ft.Selector(a.model, iter(tiny_examples(2)), collate), TypeError,
+     "samples: expected a list or datasets.Dataset"),
+    ("not a model", lambda a, _: ft.Selector("bert", tiny_examples(2), collate), TypeError,
+     "model: expected a torch.nn.Module, got str"),
+    ("model without parameters", lambda a, _: ft.Selector(torch.nn.Module(), tiny_examples(2), collate),
+     ValueError, "model: it has no parameters"),
+    ("fisher of a model without parameters", lambda a, _: ft.compute_fisher(torch.nn.Module(),
+     [collate(tiny_examples(2))]), ValueError, "model: it has no parameters"),
+    ("fisher without batches", lambda a, _: ft.compute_fisher(a.model, []), ValueError, "batches"),
+    ("mask for another model", lambda a, _: ft.apply_mask(tiny_model("gpt2"), a.mask), ValueError, "another model"),
+    ("unknown head", lambda a, _: ft.Selector(a.model, tiny_examples(6), collate, head=["nope"]), ValueError,
+     "head: no parameter named 'nope'"),
+    ("k 0", lambda a, _: ft.select_top_k({"w": torch.rand(3)}, 0), ValueError, "k: at least one entry"),
+    ("fractional k", lambda a, _: ft.select_top_k({"w": torch.rand(3)}, 1.5), ValueError,
+     "k: a whole number of entries, got 1.5"),
+    ("unknown fisher param", lambda a, _: ft.compute_fisher(a.model, [collate(tiny_examples(2))], params=["x"],
+     progress=False), ValueError, "params: no parameter named 'x'"),
+    ("unknown trainable", lambda a, _: ft.apply_mask(tiny_model("bert"), a.mask, trainable=["x"]), ValueError,
+     "trainable: no parameter named 'x'"),
+    ("not a mask", lambda a, _: ft.apply_mask(tiny_model("bert"), {"w": torch.arange(2)}), TypeError,
+     "mask: expected a fishtune Mask, got dict"),
+    ("ladder growing", lambda a, _: ft.ird_walk(a.sel, [2, 4], [1.0, 0.5], seed=0), ValueError,
+     "samples: must be strictly decreasing"),
+    ("second apply_mask", lambda a, _: ft.apply_mask(_masked(a), a.mask, trainable=a.head), ValueError,
+     r"already has a mask applied \(call merge\(model\) first\)"),
+    ("save_delta after merge", lambda a, t: ft.save_delta(ft.merge(_masked(a)), t / "d.safetensors", head=a.head),
+     ValueError, "save_delta: the model has no mask applied"),
+    ("save_delta never masked", lambda a, t: ft.save_delta(tiny_model("bert"), t / "d.safetensors"), ValueError,
+     "save_delta: the model has no mask applied"),
+    ("save_delta unknown head", lambda a, t: ft.save_delta(_masked(a), t / "d.safetensors", head=["nope"]),
+     ValueError, "head: no parameter named 'nope'"),
+    ("apply_delta onto a masked model", lambda a, t: ft.apply_delta(_masked(a), _delta_file(a, t)), ValueError,
+     "the model has a mask applied; apply a delta to the pretrained model"),
+    ("mask_from_names unknown", lambda a, _: ft.mask_from_names(a.model, ["nope"]), ValueError,
+     "names: no parameter named 'nope'"),
+]
+
+
+def _delta_file(api, tmp_path):
+    path = tmp_path / "good.safetensors"
+    ft.save_delta(_masked(api), path, head=api.head)
+    return path
+
+
+@pytest.mark.parametrize("call,error,message", [row[1:] for row in MISUSE], ids=[row[0] for row in MISUSE])
+def test_api_misuse_names_the_cause(api, tmp_path, call, error, message):
+    with pytest.raises(error, match=message) as info:
+        call(api, tmp_path)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "d.safetensors").exists(), "a refused save left a file behind"
+
+
+def test_one_parameter_name_given_as_text_is_that_name(api, tmp_path):
+    """``head``/``trainable``/``names`` given as one string mean that one parameter (not its letters)."""
+    sel = ft.Selector(api.model, tiny_examples(6), collate, head="classifier.weight", progress=False)
+    assert sel.head == ("classifier.weight",) and sel.num_head == api.model.classifier.weight.numel()
+    model = ft.apply_mask(tiny_model("bert"), api.mask, trainable="classifier.bias")
+    assert ft.trainable_count(model, exclude="classifier.bias") == api.mask.count
+    ft.save_delta(model, tmp_path / "d.safetensors", head="classifier.bias")
+    tensors, _ = ft.load_delta(tmp_path / "d.safetensors")
+    assert [k for k in tensors if k.endswith("::dense")] == ["classifier.bias::dense"]
+    assert ft.mask_from_names(api.model, "classifier.bias").count == api.model.classifier.bias.numel()
 
 
 @needs_minilm

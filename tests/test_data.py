@@ -3,7 +3,9 @@ malformed row is one line naming the file (and the line); out-of-memory is repor
 
 from __future__ import annotations
 
+import math
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -109,3 +111,47 @@ def test_header_only_dev_file_is_named_before_training(tmp_path):
     (d / "dev.tsv").write_text((d / "dev.tsv").read_text().splitlines(keepends=True)[0])
     with pytest.raises(ValueError, match=r"RTE \(validation\) has no examples"):
         load_task(TASKS["rte"][0], DataConfig(dir=str(tmp_path), source="local"))
+
+
+STSB = replace(TASKS["stsb"][0], label_range=[0.0, 5.0])
+
+
+@pytest.mark.parametrize("split,value,message", [
+    ("train.tsv", "nan", "is not a finite number"),
+    ("train.tsv", "inf", "is not a finite number"),
+    ("train.tsv", "-0.5", r"is outside task.label_range \[0, 5\]"),
+    ("dev.tsv", "nan", "is not a finite number"),
+    ("dev.tsv", "5.25", r"is outside task.label_range \[0, 5\]"),
+])
+def test_regression_label_not_finite_or_out_of_range_names_the_line(tmp_path, split, value, message):
+    """STS-B scores are checked like class labels: a nan/inf or out-of-range score in train or dev stops the
+    load with the file and the line (it used to train on NaN, or fail after training)."""
+    d = _copy(tmp_path, "STS-B")
+    lines = (d / split).read_text().splitlines(keepends=True)
+    lines[7] = lines[7].rstrip("\n").rsplit("\t", 1)[0] + f"\t{value}\n"
+    (d / split).write_text("".join(lines))
+    with pytest.raises(ValueError, match=rf"{split}, line 8: label '{value}' {message}"):
+        load_task(STSB, DataConfig(dir=str(tmp_path), source="local"))
+    if message.startswith("is outside"):  # no declared range: any finite score is accepted
+        assert load_task(replace(STSB, label_range=None), DataConfig(dir=str(tmp_path), source="local")).train
+
+
+def test_regression_labels_from_the_hub_are_checked_too():
+    from datasets import Dataset
+
+    from fishtune.data.glue import _check_split
+
+    ok = Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0.0, 5.0]})
+    _check_split(STSB, ok, "hub (train)")
+    for label, message in ((math.nan, "is not a finite number"), (6.0, "outside task.label_range")):
+        bad = Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1.0, label]})
+        with pytest.raises(ValueError, match=rf"hub \(train\) row 2: label .* {message}"):
+            _check_split(STSB, bad, "hub (train)")
+
+
+@pytest.mark.parametrize("bad", [[0.0], [5.0, 0.0], [0.0, math.inf]])
+def test_label_range_must_be_a_finite_interval(bad):
+    from fishtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task.label_range must be"):
+        replace(STSB, label_range=bad)

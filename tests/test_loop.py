@@ -113,3 +113,14 @@ def test_non_finite_loss_fails_with_its_step():
     cfg = TrainConfig(epochs=1, batch_size=4, progress=False)
     with pytest.raises(loop.NonFiniteLoss, match="at step 1"):
         loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+
+
+def test_every_evaluation_nan_is_a_clear_failure(monkeypatch):
+    """No finite dev score means no best state: a failure saying so (it used to end in KeyError: 'state')."""
+    model = tiny_model("bert")
+    _scripted(monkeypatch, [float("nan")] * 2, model)
+    train, evals = _data()
+    cfg = TrainConfig(epochs=2, batch_size=4, progress=False)
+    with pytest.raises(loop.NonFiniteScore, match=r"every dev evaluation scored NaN \(2 up to step 8\)"):
+        loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert issubclass(loop.NonFiniteScore, loop.NonFiniteLoss)  # the runner records it as a failed cell

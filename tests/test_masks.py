@@ -66,6 +66,41 @@ def test_mask_for_another_model_is_rejected():
         Mask({name: torch.tensor([0])}, {name: (1, 2, 3)}).check_model(model)
 
 
+# (what is wrong, indices of "w" (shape (4, 5)), head, the one line Mask.load must say)
+BAD_MASK_FILES = [
+    ("2-D indices", torch.tensor([[0, 1], [2, 3]]), {}, r"indices of 'w' are a 2-D torch.int64 tensor, not a 1-D"),
+    ("unsorted", torch.tensor([3, 1]), {}, "indices of 'w' are not sorted and distinct"),
+    ("repeated", torch.tensor([1, 1]), {}, "indices of 'w' are not sorted and distinct"),
+    ("NaN head", torch.tensor([1]), {"cls.weight": torch.tensor([0.5, float("nan")])},
+     "its head 'cls.weight' holds non-finite or non-float values"),
+    ("inf head", torch.tensor([1]), {"cls.bias": torch.tensor([float("inf")])},
+     "its head 'cls.bias' holds non-finite"),
+]
+
+
+@pytest.mark.parametrize("indices,head,message", [r[1:] for r in BAD_MASK_FILES], ids=[r[0] for r in BAD_MASK_FILES])
+def test_mask_file_that_cannot_be_trained_is_one_line_naming_it(tmp_path, indices, head, message):
+    path = tmp_path / "bad.safetensors"
+    Mask({"w": indices}, {"w": (4, 5)}, head=head).save(path)  # sha256 and shapes consistent: only the content
+    with pytest.raises(ValueError, match=rf"^mask file {path}: {message}") as info:
+        Mask.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_mask_file_with_garbled_shape_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.tensor([1])}, str(tmp_path / "m.safetensors"), metadata={"shape:w": "4,x"})
+    with pytest.raises(ValueError, match="corrupted .*a shape in its metadata"):
+        Mask.load(tmp_path / "m.safetensors")
+
+
+def test_check_model_names_where_the_mask_came_from():
+    with pytest.raises(ValueError, match=r"^mask file a.safetensors: parameter 'nope.weight' is not in the model"):
+        Mask({"nope.weight": torch.tensor([0])}, {"nope.weight": (3,)}).check_model(tiny_model("bert"),
+                                                                                     where="mask file a.safetensors")
+
+
 def _ctx(model, seed=0, ratio=0.5):
     ex = tiny_examples(16)
     sel = Selector(model, ex, collate, head=head_names(model), progress=False)

@@ -198,6 +198,53 @@ def test_old_or_corrupted_results_are_one_line_each(tmp_path, caplog):
     assert len(lines) == 3 and all("\n" not in m for m in lines)
 
 
+# a schema-2 result whose field has the wrong type (hand-edited, foreign): field -> value, and where
+WRONG_TYPES = [("metrics", "x", "single"), ("info", "x", "single"), ("task", None, "single"),
+               ("score", True, "single"), ("seed", "abc", "single"), ("history", "x", "single"),
+               ("timings", [1], "single"), ("method", 3, "single"), ("ratio", "0.5", "single"),
+               ("config", "x", "single"), ("majority", "x", "single"), ("metrics", "x", "cell"),
+               ("score", True, "cell"), ("cells", "x", "ladder")]
+
+
+def test_wrongly_typed_results_are_skipped_one_line_each_and_the_report_builds(tmp_path, caplog):
+    import json
+    import logging
+
+    from fishtune.report.__main__ import main
+
+    single = run(tmp_path, "rte", "fish", "0.5", score=0.7)
+    ladder = run(tmp_path, "rte", "ird", "ladder", cells={(2.5, 8): 0.6, (0.5, 4): 0.7})
+    s, lad = json.loads(single.read_text()), json.loads(ladder.read_text())
+    for i, (key, value, where) in enumerate(WRONG_TYPES):
+        if where == "single":
+            bad = {**s, key: value}
+        elif where == "cell":
+            bad = {**lad, "cells": [{**lad["cells"][0], key: value}, *lad["cells"][1:]]}
+        else:
+            bad = {**lad, key: value}
+        write_json(tmp_path / f"bad{i}" / "result.json", bad)
+    with caplog.at_level(logging.WARNING, logger="fishtune.runner.results"):
+        assert main([str(tmp_path), "--no-pdf"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped:")]
+    assert len(lines) == len(WRONG_TYPES) and all("\n" not in m for m in lines)
+    assert any("field 'metrics' holds str 'x', not dict" in m for m in lines)
+    assert any("field 'score' holds bool" in m for m in lines)
+    results = (tmp_path / "report" / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + 3 and "bad" not in "".join(results)  # the single run and the two ladder cells
+
+
+def test_report_into_a_file_is_one_line(tmp_path, table_sweep, capsys):
+    from fishtune.report.__main__ import main
+
+    (tmp_path / "afile").write_text("keep")
+    assert main([str(table_sweep), "--out", str(tmp_path / "afile"), "--no-pdf"]) == 2
+    assert main([str(table_sweep), "--out", str(tmp_path / "afile" / "sub"), "--no-pdf"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: the report folder {tmp_path / 'afile'} is a file (give --out a folder)",
+                   f"error: the report folder {tmp_path / 'afile' / 'sub'} cannot be created (Not a directory)"]
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_cli_and_empty_folder(tmp_path, table_sweep, capsys):
     from fishtune.report.__main__ import main
 

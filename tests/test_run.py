@@ -185,7 +185,73 @@ BAD = [
     (["fisher.scope=nomatch"], "fisher.scope: 'nomatch' matches no parameter"),
     (["method=lora", "method.target_modules=[nomod]"], "lora: no 2-D weight in modules named ['nomod']"),
     (["data.dir=/nonexistent"], "data.dir: no such folder '/nonexistent'"),
+    # data and mask files that cannot be trained on (planted by PLANT): one line naming the file, before training
+    (["task=glue/stsb", "data.dir=stsb_nan_train"], "STS-B/train.tsv, line 8: label 'nan' is not a finite number"),
+    (["task=glue/stsb", "data.dir=stsb_inf_dev"], "STS-B/dev.tsv, line 8: label 'inf' is not a finite number"),
+    (["task=glue/stsb", "data.dir=stsb_5.5_train"],
+     "train.tsv, line 8: label '5.5' is outside task.label_range [0, 5]"),
+    (["task=glue/stsb", "data.dir=stsb_-1_dev"], "dev.tsv, line 8: label '-1' is outside task.label_range [0, 5]"),
+    (["mask.load=head_entries.safetensors"], "mask file head_entries.safetensors: it selects entries of the task "
+     "head ('classifier.bias'), so it was made with mask.include_head=true"),
+    (["mask.load=indices_2d.safetensors"], "mask file indices_2d.safetensors: indices of "
+     "'bert.encoder.layer.0.attention.self.query.weight' are a 2-D torch.int64 tensor"),
+    (["mask.load=nan_head.safetensors"], "mask file nan_head.safetensors: its head 'classifier.weight' holds "
+     "non-finite"),
+    (["mask.load=truncated.safetensors"], "mask file truncated.safetensors is not a readable safetensors file"),
+    (["mask.load=other_labels.safetensors"], "mask file other_labels.safetensors: its head 'classifier.bias' "
+     "does not fit the model"),
 ]
+
+
+def _stsb(bad_split: str, label: str):
+    """A small STS-B folder whose ``bad_split`` has ``label`` on line 8."""
+
+    def plant(folder: Path) -> None:
+        from fishtune.data.glue import default_data_dir
+
+        (folder / "STS-B").mkdir(parents=True)
+        for split, rows in (("train", 60), ("dev", 30)):
+            lines = (default_data_dir() / "STS-B" / f"{split}.tsv").read_text().splitlines(keepends=True)[:rows]
+            if split == bad_split:
+                lines[7] = lines[7].rstrip("\n").rsplit("\t", 1)[0] + f"\t{label}\n"
+            (folder / "STS-B" / f"{split}.tsv").write_text("".join(lines))
+
+    return plant
+
+
+def _mask_file(head_entries=False, two_d=False, nan_head=False, truncated=False, labels=2):
+    """A masks file for tiny-bert (4 entries of one matrix, the head saved along), spoilt as asked."""
+
+    def plant(path: Path) -> None:
+        import torch
+        from omegaconf import OmegaConf
+
+        from fishtune.config import ModelConfig
+        from fishtune.core.masks import Mask
+        from fishtune.models import load_model
+
+        cfg = ModelConfig(**OmegaConf.to_object(OmegaConf.load(ROOT / "conf" / "model" / "tiny-bert.yaml")))
+        params = dict(load_model(cfg, labels).model.named_parameters())
+        name = "bert.encoder.layer.0.attention.self.query.weight"
+        indices = {name: torch.arange(4).view(2, 2) if two_d else torch.arange(4)}
+        if head_entries:
+            indices["classifier.bias"] = torch.tensor([0])
+        head = {n: params[n].detach().clone() for n in ("classifier.weight", "classifier.bias")}
+        if nan_head:
+            head["classifier.weight"][0, 0] = float("nan")
+        Mask(indices, {n: tuple(params[n].shape) for n in indices}, head=head).save(path)
+        if truncated:
+            path.write_bytes(path.read_bytes()[:100])
+
+    return plant
+
+
+# files a BAD row names (data.dir=<folder>, mask.load=<file>), written into the test's folder first
+PLANT = {"stsb_nan_train": _stsb("train", "nan"), "stsb_inf_dev": _stsb("dev", "inf"),
+         "stsb_5.5_train": _stsb("train", "5.5"), "stsb_-1_dev": _stsb("dev", "-1"),
+         "head_entries.safetensors": _mask_file(head_entries=True), "indices_2d.safetensors": _mask_file(two_d=True),
+         "nan_head.safetensors": _mask_file(nan_head=True), "truncated.safetensors": _mask_file(truncated=True),
+         "other_labels.safetensors": _mask_file(labels=3)}
 # the config alone tells: these stop before any data is read (no tokenising progress bar)
 BEFORE_DATA = {"task.prompt='{0}'", "method.r=abc", "method.nested=no", "cell=r9-n9", "fisher.scope='['",
                "data.dir=/nonexistent", "train.patience=-1"}
@@ -198,6 +264,9 @@ def test_bad_input_one_line_no_ok_result(tmp_path, args, message):
 
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
+    for arg in args:
+        if (planted := arg.partition("=")[2]) in PLANT:
+            PLANT[planted](tmp_path / planted)
     out = run([*TINY, "task=glue/rte", *args, "hydra.run.dir=job"], tmp_path)
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]

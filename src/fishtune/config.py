@@ -8,6 +8,7 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class TaskConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])  # MNLI: matched + mismatched
     prompt: str | None = None  # input template with {field} slots for every model; None: see decoder_prompt
     decoder_prompt: str | None = None  # template used for decoder models when prompt is None
+    label_range: list[float] | None = None  # regression: [low, high] every label lies in (STS-B [0, 5]); None: any
 
     def __post_init__(self) -> None:
         _check(self.metric in ("accuracy", "matthews", "pearson_spearman", "f1_accuracy"),
@@ -68,6 +70,9 @@ class TaskConfig:
         _check(self.lr > 0, f"task.lr must be > 0, got {self.lr}")
         _check(self.max_length >= 8, f"task.max_length must be >= 8, got {self.max_length}")
         _check_template("task.prompt", self.prompt, self.text_fields)  # decoder_prompt: when a decoder uses it
+        _check(self.label_range is None or (len(self.label_range) == 2 and all(map(math.isfinite, self.label_range))
+                                            and self.label_range[0] < self.label_range[1]),
+               f"task.label_range must be [low, high] with finite low < high (or null), got {self.label_range}")
 
 
 def _check_template(key: str, template: str | None, fields: list[str]) -> None:

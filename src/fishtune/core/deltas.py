@@ -10,14 +10,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .masked import masked_tensors
+from .masked import _states, masked_tensors
+from .masks import param_names
 
 __all__ = ["sparse_delta", "save_delta", "load_delta", "apply_delta"]
 
 
-def sparse_delta(model: nn.Module, head: list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def sparse_delta(model: nn.Module, head: str | list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The trained difference as flat tensors: ``<name>::indices``, ``<name>::values`` per masked tensor and
-    ``<name>::dense`` for each head parameter (stored whole: it is freshly initialised, not a delta)."""
+    ``<name>::dense`` for each head parameter (stored whole: it is freshly initialised, not a delta).
+
+    ValueError when ``model`` has no mask applied (never masked, or merged: its training is in the weights
+    then, and a delta would hold only the head) or ``head`` names a parameter it does not have."""
+    if not _states(model):
+        raise ValueError("save_delta: the model has no mask applied (never masked, or merge(model) already put "
+                         "the trained values into its weights: save the model itself instead)")
+    head = param_names(model, head, "head")
     out = {}
     for name, t in masked_tensors(model).items():
         out[f"{name}::indices"] = t.indices.detach().cpu()
@@ -28,15 +36,16 @@ def sparse_delta(model: nn.Module, head: list[str] | tuple[str, ...] = ()) -> di
     return out
 
 
-def save_delta(model: nn.Module, path: str | Path, head: list[str] | tuple[str, ...] = ()) -> int:
+def save_delta(model: nn.Module, path: str | Path, head: str | list[str] | tuple[str, ...] = ()) -> int:
     """Save ``sparse_delta(model, head)`` to ``path`` (safetensors, atomic); returns the file size in bytes."""
     from safetensors.torch import save_file
 
     from .files import atomic_path
 
+    tensors = sparse_delta(model, head)  # checks the model and the head first: nothing written on an error
     shapes = {f"shape:{n}": ",".join(map(str, t.shape)) for n, t in masked_tensors(model).items()}
     with atomic_path(path) as tmp:
-        save_file(sparse_delta(model, head), str(tmp), metadata={"format": "fishtune-sparse-delta-1", **shapes})
+        save_file(tensors, str(tmp), metadata={"format": "fishtune-sparse-delta-1", **shapes})
     return Path(path).stat().st_size
 
 
@@ -62,6 +71,9 @@ def apply_delta(model: nn.Module, path: str | Path) -> nn.Module:
     All or nothing: every entry is checked first (names, shapes, index ranges, finite values) and the model
     is changed only when all fit; otherwise ValueError naming the file and the parameter."""
     tensors, meta = load_delta(path)
+    if _states(model):
+        raise ValueError(f"sparse delta {path}: the model has a mask applied; apply a delta to the pretrained "
+                         "model (or merge(model) first)")
     params = dict(model.named_parameters())
     ops = []
     for key, t in tensors.items():

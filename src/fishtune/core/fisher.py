@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import _persample
 from .losses import SEQ_KEYS, per_sample_loss
-from .masks import Mask
+from .masks import Mask, param_names
 
 __all__ = ["FisherResult", "compute_fisher", "per_sample_loss", "PRECISIONS"]
 
@@ -119,10 +119,9 @@ def compute_fisher(
     if precision not in PRECISIONS:
         raise ValueError(f"fisher.precision must be fp32|tf32|bf16, got {precision!r}")
     named = dict(model.named_parameters())
-    names = list(named) if params is None else list(params)
-    unknown = [n for n in names if n not in named]
-    if unknown:
-        raise ValueError(f"params: no parameter named {unknown[0]!r} in the model")
+    if not named:
+        raise ValueError("model: it has no parameters (nothing to compute a Fisher for)")
+    names = list(named) if params is None else param_names(model, params, "params")
     if phi_mask is not None:
         phi_mask.check_model(model)
     if engine not in ("auto", "loop", "hooks"):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import _blocked
-from .masks import Mask
+from .masks import Mask, param_names
 
 __all__ = ["MaskedWeights", "MaskedTensor", "apply_mask", "merge", "masked_tensors", "sync_weights",
            "MaskedAdamW", "trainable_count", "weight_grad_summary"]
@@ -204,13 +204,13 @@ def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, .
     """
     if weight_grad not in ("dense", "blocks"):
         raise ValueError(f"weight_grad must be dense|blocks, got {weight_grad!r}")
-    mask.check_model(model)
-    if _states(model):
+    if not isinstance(mask, Mask):
+        raise TypeError(f"mask: expected a fishtune Mask, got {type(mask).__name__}")
+    if _states(model):  # before check_model: the masked tensors are no parameters any more
         raise ValueError("apply_mask: the model already has a mask applied (call merge(model) first)")
+    mask.check_model(model)
+    trainable = param_names(model, trainable, "trainable")
     params = dict(model.named_parameters())
-    missing = [n for n in trainable if n not in params]
-    if missing:
-        raise ValueError(f"trainable: no parameter named {missing[0]!r} in the model")
     for p in model.parameters():
         p.requires_grad_(False)
     for n in trainable:
@@ -250,6 +250,7 @@ def sync_weights(model: nn.Module) -> nn.Module:
 
 def trainable_count(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> int:
     """Number of trainable values, leaving out the parameters named in ``exclude`` (e.g. the head)."""
+    exclude = {exclude} if isinstance(exclude, str) else set(exclude)
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n not in exclude)
 
 

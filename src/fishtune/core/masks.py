@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,19 +71,20 @@ class Mask:
                 return False
         return True
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise ValueError when this mask (or its saved head) does not fit ``model`` (a name or shape differs)."""
+    def check_model(self, model: nn.Module, where: str = "mask") -> None:
+        """Raise ValueError (starting with ``where``, e.g. the file's name) when this mask or its saved head
+        does not fit ``model`` (a name or shape differs)."""
         params = dict(model.named_parameters())
         for name, t in self.head.items():
             if name not in params or tuple(params[name].shape) != tuple(t.shape):
-                raise ValueError(f"mask: its head {name!r} does not fit the model (a mask made for another model "
+                raise ValueError(f"{where}: its head {name!r} does not fit the model (a mask made for another model "
                                  "or another number of labels?)")
         for name, shape in self.shapes.items():
             if name not in params:
-                raise ValueError(f"mask: parameter {name!r} is not in the model (a mask made for another model?)")
+                raise ValueError(f"{where}: parameter {name!r} is not in the model (a mask made for another model?)")
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(
-                    f"mask: parameter {name!r} has shape {tuple(params[name].shape)} in the model, "
+                    f"{where}: parameter {name!r} has shape {tuple(params[name].shape)} in the model, "
                     f"{tuple(shape)} in the mask (a mask made for another model?)"
                 )
 
@@ -112,18 +114,29 @@ class Mask:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
             raise ValueError(f"mask file {path} is not a readable safetensors file: {e}") from None
-        shapes = {
-            k[len("shape:") :]: tuple(int(x) for x in v.split(",") if x)
-            for k, v in meta.items() if k.startswith("shape:")
-        }
+        try:
+            shapes = {k[len("shape:"):]: tuple(int(x) for x in v.split(",") if x)
+                      for k, v in meta.items() if k.startswith("shape:")}
+        except ValueError:
+            raise ValueError(f"mask file {path} is corrupted (a shape in its metadata is not a list of sizes)") \
+                from None
         indices = {k: v for k, v in tensors.items() if not k.startswith(HEAD)}
         head = {k[len(HEAD):]: v for k, v in tensors.items() if k.startswith(HEAD)}
         mask = cls(indices=indices, shapes={n: shapes[n] for n in indices if n in shapes}, head=head)
         if set(mask.shapes) != set(indices) or ("sha256" in meta and meta["sha256"] != mask.sha256()):
             raise ValueError(f"mask file {path} is corrupted (its sha256 or shapes do not match its contents)")
         for n, idx in indices.items():
+            if idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
+                raise ValueError(f"mask file {path}: indices of {n!r} are a {idx.dim()}-D {idx.dtype} tensor, not "
+                                 "a 1-D list of flat integer indices")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= math.prod(mask.shapes[n])):
                 raise ValueError(f"mask file {path}: indices of {n!r} fall outside its shape")
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise ValueError(f"mask file {path}: indices of {n!r} are not sorted and distinct")
+            indices[n] = idx.to(torch.int64)
+        for n, t in head.items():
+            if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise ValueError(f"mask file {path}: its head {n!r} holds non-finite or non-float values")
         return mask
 
 
@@ -133,8 +146,8 @@ def num_selected(ratio: float, universe: int, head: int = 0, rule: str = "exact"
     ``rule="exact"``: floor(ratio/100 × universe), at least 1. ``rule="fish_reference"``: the FISH reference
     code's count, floor(ratio/100 × (universe + head)) − head, at least 1.
     """
-    if not 0 < ratio <= 100:
-        raise ValueError(f"ratio must be in (0, 100] (percent of the pretrained parameters), got {ratio}")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 100:
+        raise ValueError(f"ratio must be in (0, 100] (percent of the pretrained parameters), got {ratio!r}")
     if rule == "exact":
         k = math.floor(ratio / 100 * universe)
     elif rule == "fish_reference":
@@ -189,6 +202,9 @@ def select_top_k(
             s = torch.where(allowed, s, torch.full_like(s, -math.inf))
         flat.append(torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
     available = candidates.count if candidates is not None else sum(f.numel() for f in flat)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k: a whole number of entries, got {k!r}")
+    k = int(k)
     if k < 1:
         raise ValueError(f"k: at least one entry must be selected, got k={k}")
     if k > available:
@@ -227,8 +243,20 @@ def _apportion(k: int, sizes: list[int]) -> list[int]:
     return quotas
 
 
-def mask_from_names(model: nn.Module, names: list[str]) -> Mask:
+def param_names(model: nn.Module, names: str | Sequence[str], what: str) -> list[str]:
+    """``names`` (parameter names, or one name as a string) checked against ``model``; ValueError naming the
+    argument ``what`` and the first name the model does not have."""
+    names = [names] if isinstance(names, str) else list(names)
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"{what}: no parameter named {unknown[0]!r} in the model")
+    return names
+
+
+def mask_from_names(model: nn.Module, names: str | Sequence[str]) -> Mask:
     """A mask selecting every entry of the named parameters (e.g. BitFit's biases)."""
+    names = param_names(model, names, "names")
     params = dict(model.named_parameters())
     return Mask(
         {n: torch.arange(params[n].numel()) for n in names},

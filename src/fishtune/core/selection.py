@@ -8,6 +8,7 @@ list of sample indices. ALGORITHMS.md, "FISH Mask" and "Conventions".
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .fisher import FisherResult, compute_fisher
-from .masks import Mask, num_selected, select_top_k
+from .masks import Mask, num_selected, param_names, select_top_k
 
 __all__ = ["Selector", "draw_samples", "fish_mask"]
 
@@ -24,6 +25,8 @@ __all__ = ["Selector", "draw_samples", "fish_mask"]
 def draw_samples(num_train: int, n: int, seed: int) -> list[int]:
     """``n`` distinct training indices drawn at random with ``seed``; the first m of the same permutation
     are the draw of size m, so every ladder cell's random set is a prefix of the largest one."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise ValueError(f"fisher.num_samples must be a whole number, got {n!r}")
     if n > num_train:
         raise ValueError(f"fisher.num_samples={n} is larger than the training set ({num_train} examples)")
     if n < 1:
@@ -60,12 +63,17 @@ class Selector:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(self.model).__name__}")
+        if not hasattr(self.samples, "__len__") or not hasattr(self.samples, "__getitem__"):
+            raise TypeError(f"samples: expected a list or datasets.Dataset of tokenised examples, got "
+                            f"{type(self.samples).__name__}")
         if len(self.samples) == 0:
             raise ValueError("samples: the training set is empty")
         params = dict(self.model.named_parameters())
-        unknown = [n for n in self.head if n not in params]
-        if unknown:
-            raise ValueError(f"head: no parameter named {unknown[0]!r} in the model")
+        if not params:
+            raise ValueError("model: it has no parameters to select from")
+        self.head = tuple(param_names(self.model, self.head, "head"))
         self.universe_names = [n for n in params if self.include_head or n not in self.head]
         self.num_params = sum(params[n].numel() for n in self.universe_names)  # P
         self.num_head = sum(params[n].numel() for n in self.head if n in params)

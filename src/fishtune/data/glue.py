@@ -9,6 +9,7 @@ on the dev split(s), as the paper does (MNLI: matched and mismatched).
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,23 @@ def _parse_label(value: str, fmt: FileFormat, task: TaskConfig, path: Path, row:
     try:
         if fmt.labels is not None:
             return fmt.labels.index(value)
-        return float(value) if task.num_labels == 1 else int(value)
+        label = float(value) if task.num_labels == 1 else int(value)
     except ValueError:
         allowed = "|".join(fmt.labels) if fmt.labels else ("a number" if task.num_labels == 1 else "an integer")
         raise ValueError(f"{path}, line {line}: label {value!r} is not {allowed}") from None
+    if task.num_labels == 1 and (bad := _bad_score(task, label)):
+        raise ValueError(f"{path}, line {line}: label {value!r} {bad}")
+    return label
+
+
+def _bad_score(task: TaskConfig, label: float) -> str | None:
+    """Why a regression label cannot be trained on (not finite, outside ``task.label_range``), or None."""
+    if not math.isfinite(label):
+        return "is not a finite number"
+    if task.label_range is not None and not task.label_range[0] <= label <= task.label_range[1]:
+        low, high = task.label_range
+        return f"is outside task.label_range [{low:g}, {high:g}]"
+    return None
 
 
 def load_task(task: TaskConfig, data: DataConfig, seed: int = 0) -> TaskData:
@@ -155,13 +169,18 @@ def _train_and_holdout(ds, max_train: int | None, holdout: float | None, seed: i
 
 def _check_split(task: TaskConfig, ds, where: str) -> None:
     """ValueError naming the data when a split is empty, lacks a text field, or has labels the task's
-    ``num_labels`` cannot hold."""
+    ``num_labels`` cannot hold (regression: a label that is not finite or lies outside ``label_range``)."""
     if len(ds) == 0:
         raise ValueError(f"task {task.name}: {where} has no examples")
     missing = [f for f in task.text_fields if f not in ds.column_names]
     if missing:
         raise ValueError(f"task.text_fields: no column {missing[0]!r} in {where} (columns: "
                          f"{', '.join(c for c in ds.column_names if c != 'label')})")
+    if task.num_labels == 1:  # local files were checked line by line as they were read; this covers the hub's
+        for row, y in enumerate(ds["label"]):
+            number = isinstance(y, (int, float)) and not isinstance(y, bool)
+            if bad := _bad_score(task, float(y)) if number else "is not a number":
+                raise ValueError(f"task {task.name}: {where} row {row + 1}: label {y!r} {bad}")
     if task.num_labels > 1:
         labels = set(ds["label"])
         bad = sorted(y for y in labels if not (isinstance(y, int) and 0 <= y < task.num_labels))

@@ -1,7 +1,9 @@
 """Command line: ``python -m fishtune.report DIR [DIR ...] [--out OUT]`` (also the ``fishtune-report`` script).
 
 Reads every result.json under the folders, writes the report into OUT (default ``DIR/report``) and prints
-each file it wrote. Exit status 1 when no result was found.
+each file it wrote. Exit status 1 when no result was found, 2 when a folder is missing or OUT cannot be a
+folder. A result.json that is not a valid result (another schema, a field of the wrong type) is skipped with
+one line.
 """
 
 from __future__ import annotations
@@ -23,10 +25,19 @@ def main(argv: list[str] | None = None) -> int:
         if not d.is_dir():
             print(f"error: {d} is not a folder", file=sys.stderr)
             return 2
+    out = args.out if args.out is not None else args.dirs[0] / "report"
+    if out.exists() and not out.is_dir():
+        print(f"error: the report folder {out} is a file (give --out a folder)", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: the report folder {out} cannot be created ({e.strerror or e})", file=sys.stderr)
+        return 2
     from .build import build_report
 
     t0 = time.perf_counter()
-    written = build_report(args.dirs, args.out, formats=("png",) if args.no_pdf else ("png", "pdf"))
+    written = build_report(args.dirs, out, formats=("png",) if args.no_pdf else ("png", "pdf"))
     for path in written:
         print(path)
     results = next((p for p in written if p.name == "results.csv"), None)

@@ -57,7 +57,8 @@ MASK = ("zero_fisher", "positive_candidates", "zero_fisher_mode")  # reverse IRD
 def collect(*roots: str | Path) -> pd.DataFrame:
     """Every result (one row per run, or per ladder/grid cell) under ``roots``, with the report's columns.
 
-    An empty folder gives an empty frame with the same columns, never an error.
+    An empty folder gives an empty frame with the same columns, never an error; a result.json that is not a
+    valid result (another schema, truncated, a field of the wrong type) is skipped with one logged line.
     """
     raw = [x for r in roots for x in _raw(r)]
     frames = [load_results(r) for r in roots] + [pd.DataFrame([_lone_row(f, d) for f, d, _, lone in raw if lone])]

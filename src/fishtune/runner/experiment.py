@@ -42,17 +42,20 @@ __all__ = ["run_experiment", "config_hash", "resolve_device"]
 NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
 NOT_IN_KEY_TRAIN = ("progress",)
 _UNSET_NOT_IN_KEY = (("ladder", "single_ratios"), ("data", "holdout"))
+NOT_IN_KEY_TASK = ("label_range",)  # only checks the data: a run it lets through trains exactly as before
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
-    torch/transformers/peft versions), to tell finished work of the same job. ``mask.weight_grad`` counts
-    only when it is not ``dense``, the exact path every result before it was trained with, and
-    ``ladder.single_ratios`` and ``data.holdout`` only when set."""
+    torch/transformers/peft versions), to tell finished work of the same job. ``task.label_range`` is left
+    out: it only checks the data. ``mask.weight_grad`` counts only when it is not ``dense``, the exact path
+    every result before it was trained with, and ``ladder.single_ratios`` and ``data.holdout`` only when set."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
     if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
         key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
+    if isinstance(key.get("task"), dict):
+        key["task"] = {k: v for k, v in key["task"].items() if k not in NOT_IN_KEY_TASK}
     for group, name in _UNSET_NOT_IN_KEY:  # options added later count only when set: older results stay found
         if isinstance(key.get(group), dict) and key[group].get(name) is None:
             key[group] = {k: v for k, v in key[group].items() if k != name}
@@ -223,7 +226,8 @@ def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
     ctx = Context(prep.selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
                   train_steps=planned_steps(len(prep.data.train), rc.train))
     if rc.mask.load:
-        plans = _loaded_plan(rc.mask.load, prep.model, prep.selector.num_params)
+        plans = _loaded_plan(rc.mask.load, prep.model, prep.selector.num_params,
+                             dense=[] if rc.mask.include_head else prep.head)
     else:
         plans = method.plans(ctx)
     head_state = {n: p.detach().cpu().clone() for n, p in prep.model.named_parameters() if n in prep.head}
@@ -277,13 +281,17 @@ def _check_model(rc: RunConfig, method, model) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _loaded_plan(path: str, model, num_params: int) -> list[Plan]:
-    """`mask.load`: the saved mask as the one plan, its head loaded into the model (ValueError when the
-    file is not a mask or does not fit the model)."""
+def _loaded_plan(path: str, model, num_params: int, dense: list[str]) -> list[Plan]:
+    """`mask.load`: the saved mask as the one plan, its head loaded into the model (ValueError naming the
+    file when it is not a mask, does not fit the model, or selects entries of ``dense``, the head trained
+    whole unless ``mask.include_head``)."""
     from ..core.masks import Mask
 
     mask = Mask.load(path)
-    mask.check_model(model)
+    mask.check_model(model, where=f"mask file {path}")
+    if inside := [n for n in mask.indices if n in dense]:
+        raise ValueError(f"mask file {path}: it selects entries of the task head ({inside[0]!r}), so it was made "
+                         "with mask.include_head=true: train it with mask.include_head=true")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in mask.head.items():

@@ -30,6 +30,24 @@ class ResultError(ValueError):
     """A file that is not a complete result of this schema; the message is one line saying why."""
 
 
+# a field's declared type -> the JSON values it accepts (bool is no number here: `true` is no score)
+_ACCEPTS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list,)}
+
+
+def _check_types(obj: Any) -> None:
+    """ResultError naming the first field whose value has another type than the dataclass declares (a hand-
+    edited or foreign file: metrics as a string, a score of ``true``, ...)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kinds = [k.strip().split("[")[0] for k in str(f.type).split("|")]
+        if value is None and "None" in kinds or not all(k in _ACCEPTS or k == "None" for k in kinds):
+            continue  # None where allowed; a type not listed (the cells: read one by one) is checked elsewhere
+        ok = any(isinstance(value, _ACCEPTS[k]) and not (k in ("int", "float") and isinstance(value, bool))
+                 for k in kinds if k != "None")
+        if not ok:
+            raise ResultError(f"field {f.name!r} holds {type(value).__name__} {str(value)[:40]!r}, not {f.type}")
+
+
 @dataclass
 class CellResult:
     """One trained cell: what it trained (ratio, samples, count, mask) and how it scored."""
@@ -59,6 +77,7 @@ class CellResult:
     delta_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.status not in ("ok", "failed"):
             raise ResultError(f"cell {self.cell}: status {self.status!r} is not ok|failed")
         if self.status == "ok" and not isinstance(self.score, (int, float)):
@@ -108,8 +127,13 @@ class RunResult:
     single: bool = True  # one "main" cell, written flat
 
     def __post_init__(self) -> None:
+        if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
+            self.sparsity = str(self.sparsity)  # failed runs recorded the YAML's number before it was checked
+        _check_types(self)
         if self.status not in STATUSES:
             raise ResultError(f"status {self.status!r} is not {'|'.join(STATUSES)}")
+        if self.status == "ok" and None in (self.task, self.model, self.method):
+            raise ResultError("ok without its task, model and method")
 
     @property
     def best(self) -> CellResult | None:
@@ -312,12 +336,15 @@ def write_status(path: str | Path, status: str, reason: str, cfg: Any) -> None:
     never over an ``ok`` result."""
     assert status in ("failed", "skipped"), "write_status is for runs that did not finish"
 
-    def name(group: str) -> Any:
+    def name(group: str) -> str | None:  # as text (a sparsity's name is its ratio, a number in the YAML)
         node = cfg.get(group) if hasattr(cfg, "get") else None
-        return node.get("name") if node is not None and hasattr(node, "get") else None
+        value = node.get("name") if node is not None and hasattr(node, "get") else None
+        return None if value is None else str(value)
 
+    seed = cfg.get("seed") if hasattr(cfg, "get") else None
     run = RunResult(task=name("task"), model=name("model"), method=name("method"), status=status, reason=reason,
-                    sparsity=name("sparsity"), seed=cfg.get("seed") if hasattr(cfg, "get") else None)
+                    sparsity=name("sparsity"), seed=seed if isinstance(seed, int) and not isinstance(seed, bool)
+                    else None)
     write_unless_ok(path, run.to_json())
 
 

@@ -27,7 +27,8 @@ from ..config import TaskConfig, TrainConfig
 from ..core.masked import MaskedAdamW, sync_weights
 from ..data.metrics import compute_metrics, headline
 
-__all__ = ["NonFiniteLoss", "TrainResult", "fit", "evaluate", "predict", "planned_steps", "train_step"]
+__all__ = ["NonFiniteLoss", "NonFiniteScore", "TrainResult", "fit", "evaluate", "predict", "planned_steps",
+           "train_step"]
 
 CHECK_EVERY = 50  # steps between checks of the losses for NaN/inf (each check waits for the device)
 
@@ -35,6 +36,15 @@ CHECK_EVERY = 50  # steps between checks of the losses for NaN/inf (each check w
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, value: float) -> None:
         super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+
+
+class NonFiniteScore(NonFiniteLoss):
+    """No dev evaluation gave a finite score, so there is no best state to keep (a failed run, like a NaN loss)."""
+
+    def __init__(self, step: int, evaluations: int) -> None:
+        RuntimeError.__init__(self, f"every dev evaluation scored NaN ({evaluations} up to step {step}): constant "
+                                    "predictions, or dev labels the metric cannot use")
         self.step = step
 
 
@@ -142,8 +152,8 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
 
     ``select``: a holdout dataset that chooses the evaluation kept (and drives early stopping); the dev
     sets in ``evals`` are then only reported. Without it the best dev evaluation is kept (the paper's way).
-    Raises NonFiniteLoss (with the step) on a NaN/inf loss. Returns the chosen evaluation's dev metrics; the
-    model is left with the weights of that evaluation.
+    Raises NonFiniteLoss (with the step) on a NaN/inf loss, NonFiniteScore when every evaluation scored NaN.
+    Returns the chosen evaluation's dev metrics; the model is left with the weights of that evaluation.
     """
     torch.manual_seed(seed)
     lr = cfg.lr or task.lr
@@ -215,6 +225,8 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
             stopped = True
             break
     bar.close()
+    if "state" not in best:  # no score was ever > -inf: all NaN
+        raise NonFiniteScore(step, len(history))
     with torch.no_grad():
         for p in trainable:
             p.copy_(best["state"][id(p)])
