@@ -40,7 +40,7 @@ test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow and not gpu and not network and not slurm"
 
 test-slurm: install ## the Slurm tests against a real one-node cluster on this machine (root; installs Debian's slurm)
-	bash ../shared/tools/slurm-local.sh start || echo "local Slurm did not start: the slurm tests will be skipped"
+	bash tools/slurm-local.sh start || echo "local Slurm did not start: the slurm tests will be skipped"
 	$(PY) -m pytest -q -m slurm
 
 figures: install ## rebuild the report (heatmaps, Table 2) of every sweep under outputs/multirun
