@@ -5,7 +5,7 @@
 #   start   install Debian's slurmctld, slurmd, slurm-client and munge if missing (apt-get), write
 #           /etc/slurm/slurm.conf for this host (one node, all its CPUs, its memory less 2 GiB, a default
 #           partition `debug`, no GPUs), start munged, slurmctld and slurmd, and wait until the node is up
-#   stop    stop the two Slurm daemons it started (munged keeps running: other users may need it)
+#   stop    stop the daemons start started (a munged that was already running is left alone)
 #   status  sinfo
 #
 # Needs root (runs itself through sudo when it can). Debian or Ubuntu. State and logs go to
@@ -45,6 +45,7 @@ start_munge() {
   chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null
   pgrep -x munged >/dev/null && return
   runuser -u munge -- /usr/sbin/munged || die "munged did not start"
+  pgrep -x -n munged >"$STATE/munged.pid"  # ours: stop ends it
 }
 
 write_conf() {
@@ -83,6 +84,7 @@ EOF
 start() {
   as_root start
   install_packages
+  mkdir -p "$STATE"
   start_munge
   write_conf
   pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld || die "slurmctld did not start (see $STATE/log)"
@@ -101,7 +103,7 @@ start() {
 stop() {
   as_root stop
   local f pid
-  for f in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
+  for f in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/munged.pid"; do
     [ -s "$f" ] || continue
     pid=$(cat "$f")
     kill "$pid" 2>/dev/null
