@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 15 in one call (about 7 minutes on one H100/H200, estimated: it has never run on a
-# GPU; nothing downloaded: random-init paper-size models, MiniLM from its package). Writes <date>-<gpu>.md
-# with every bench's last lines, and the full log, into $OUT (the device tool's folder) or bench/results/.
-#   on the GPU machine:  source .gpu/env.sh && bash bench/gpu.sh
-# When .gpu/old/ holds an older checkout (bench/README.md says how), its run.py runs beside ours as the
-# baseline of the run.py goals, on the same GPU in the same call.
+# gpu.sh: the GPU benchmarks and end-to-end run.py checks in one command, with a time budget.
+#
+# usage: bash bench/gpu.sh [OUT_DIR] [BUDGET_SECONDS]
+#   OUT_DIR          where the summary <date>-<gpu>.md and the full log gpu-log.txt go (default bench/results)
+#   BUDGET_SECONDS   wall-clock budget (default 1800); a check that would not fit in what is left is skipped
+#                    and marked "skipped (out of time)", so a short budget still yields a partial summary
+# environment:
+#   DEVICE=cuda|cpu  cuda (default) runs every check; cpu runs only the run.py part (a smoke test of this
+#                    script; add EXTRA to keep it tiny)
+#   EXTRA="k=v ..."  Hydra overrides appended to every run.py check (e.g. data.max_train_samples=64)
+#   PY=python3       the Python to use
+#   OLD=<checkout>   an older fishtune checkout whose run.py runs beside ours as the baseline
+# On a node without network, first `source <pack>/env.sh` (docs/offline-gpu.md). Nothing is downloaded:
+# paper-size models are random-init, MiniLM comes from its package. About 7 minutes on one H100-class GPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEST=${1:-$ROOT/bench/results}
+BUDGET=${2:-1800}
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "gpu.sh: BUDGET_SECONDS must be a whole number, got $BUDGET" >&2; exit 2; }
+mkdir -p "$DEST" && DEST=$(cd "$DEST" && pwd) || { echo "gpu.sh: cannot create $DEST" >&2; exit 2; }
+cd "$ROOT"
 PY=${PY:-python3}
 [[ $PY == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
-DEVICE=${DEVICE:-cuda}    # DEVICE=cpu EXTRA="..." tries the run.py part here (a smoke test of this script)
+DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}
-DEST=${OUT:-bench/results}
-mkdir -p "$DEST"
-GPU=$($PY -c "import torch; print(torch.cuda.get_device_name(0).split()[1] if torch.cuda.is_available() else 'cpu')")
+OLD=${OLD:-}
+GPU=$($PY -c "import torch; print(torch.cuda.get_device_name(0).split()[1] if torch.cuda.is_available() and '$DEVICE' == 'cuda' else 'cpu')")
 RES="$DEST/$(date +%F)-$GPU.md"
 LOG="$DEST/gpu-log.txt"
-RUNS=/tmp/fishtune-gpu-runs
-DEADLINE=$((SECONDS + ${BUDGET:-530}))  # the device tool's call limit is 600 s: later checks are skipped
+RUNS=${TMPDIR:-/tmp}/fishtune-gpu-runs  # the run.py outputs (replaced on each call)
+DEADLINE=$((SECONDS + BUDGET))
 left() {  # left LIMIT: seconds the next check may take (0: skip it)
   local l=$((DEADLINE - SECONDS)); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 20 ] && l=0; echo "$l"
 }
@@ -26,7 +39,7 @@ rm -rf "$RUNS"
 {
   echo "# GPU checks, $(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
-  $PY -c "import torch, transformers; print(f'- {torch.cuda.get_device_name(0)}, torch {torch.__version__}, transformers {transformers.__version__}')"
+  $PY -c "import torch, transformers; d = torch.cuda.get_device_name(0) if '$DEVICE' == 'cuda' else 'CPU'; print(f'- {d}, torch {torch.__version__}, transformers {transformers.__version__}, budget $BUDGET s')"
   echo
 } >"$RES"
 
@@ -87,7 +100,7 @@ runpy fish "$PWD" "${SST[@]}" method=fish
 runpy dense "$PWD" "${SST[@]}" method=dense
 runpy fish-blocks "$PWD" "${SST[@]}" method=fish mask.weight_grad=blocks
 runpy ird-ladder "$PWD" "${LADDER[@]}"
-[ -f .gpu/old/run.py ] && runpy old-fish "$PWD/.gpu/old" "${SST[@]}" method=fish
+[ -n "$OLD" ] && runpy old-fish "$OLD" "${SST[@]}" method=fish
 echo >>"$RES"
 if [ "$DEVICE" = cuda ]; then
   bench fisher-bert-base 90 $PY bench/fisher.py --model bert-base --random-init --device cuda --samples 256 --batch 32 --seq 128 --precision bf16
@@ -98,5 +111,6 @@ if [ "$DEVICE" = cuda ]; then
   bench step-minilm-blocks 60 $PY bench/step.py --model minilm --device cuda --batch 32 --seq 64 --mask fish --weight-grad blocks
   bench step-llama-1b-blocks 120 $PY bench/step.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256 --steps 20 --mask fish --weight-grad blocks
 fi
-[ -f .gpu/old/run.py ] && runpy old-ird-ladder "$PWD/.gpu/old" "${LADDER[@]}"
+[ -n "$OLD" ] && runpy old-ird-ladder "$OLD" "${LADDER[@]}"
 cat "$RES"
+echo "gpu.sh: summary $RES, log $LOG"
