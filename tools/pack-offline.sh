@@ -103,9 +103,13 @@ echo "pack-offline: $(wc -l <"$DEST/requirements.txt") distributions for Python 
 plat_args=()
 for p in "${PLATFORMS[@]}"; do plat_args+=(--platform "$p"); done
 plat_args+=(--platform any)
-# binary wheels for the node's platform; a distribution that ships only a source archive is built here
-# (pure-Python ones work anywhere)
+# binary wheels for the node's platform, all in one call; where that fails, one by one, and a distribution
+# that ships only a source archive is built here (pure-Python ones work anywhere)
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+    "${plat_args[@]}" -d "$DEST/wheels" -r "$DEST/requirements.txt" 2>/dev/null ||
 while read -r pin; do
+  name=${pin%%==*}
+  compgen -G "$DEST/wheels/${name//[-.]/_}-${pin#*==}-*.whl" >/dev/null && continue  # fetched by the call above
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
       "${plat_args[@]}" -d "$DEST/wheels" "$pin" 2>/dev/null \
     || "$PY" -m pip wheel -q --no-deps -w "$DEST/wheels" "$pin" \
