@@ -49,7 +49,7 @@ test: install ## the test suite (CPU; what CI runs)
 	$(PY) -m pytest -q -m "not gpu and not network and not slurm"
 
 lint: install ## ruff check (what CI runs after the tests)
-	$(VENV)/bin/ruff check .
+	$(PY) -m ruff check .
 
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow and not gpu and not network and not slurm"
