@@ -2,7 +2,7 @@
 
 One forward and one backward per chunk of the batch give every sample's own gradient g_i of every scored
 parameter, from each layer's input (forward hook) and the gradient of its output (tensor hook), the way
-per-sample-gradient libraries do it (ALGORITHMS.md, "Fisher information"):
+per-sample-gradient libraries do it (docs/algorithms.md, "Fisher information"):
 
 - ``nn.Linear``: g_i(W) = Σ_t δ_it a_itᵀ (a batched matmul), g_i(b) = Σ_t δ_it; transformers' ``Conv1D``
   the same with W stored (in, out).

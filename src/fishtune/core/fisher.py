@@ -1,6 +1,6 @@
 """Diagonal empirical Fisher from per-sample gradients, and each sample's own Fisher mass.
 
-ALGORITHMS.md, "Fisher information": F_S = (1/|S|) Σ_{i∈S} g_i ⊙ g_i with g_i = ∇θ L(x_i, y_i), y_i the
+docs/algorithms.md, "Fisher information": F_S = (1/|S|) Σ_{i∈S} g_i ⊙ g_i with g_i = ∇θ L(x_i, y_i), y_i the
 true label (``kind="empirical"``) or drawn from the model's predictive distribution (``kind="expected"``).
 It is a mean of *per-sample* squared gradients, never the square of a batch gradient. A sample's mass over
 a parameter set Q is φ_Q(i) = Σ_{p∈Q} g_i[p]².

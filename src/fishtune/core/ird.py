@@ -1,8 +1,8 @@
 """IRD, Iterative Range Decreasing (Dong et al., arXiv 2403.08484, Algorithm 1), its reverse (Eq. 5-6),
 and FISH Mask on the same ladder: the selection half of the paper's search.
 
-ALGORITHMS.md restates the walk: from (R_0, N_0), alternately a *sample step* (keep the N_t samples of S with
-the largest φ over the current mask, then re-select at the same ratio from them) and a *parameter step* (the
+The walk (docs/algorithms.md, "IRD"): from (R_0, N_0), alternately a *sample step* (keep the N_t samples of S
+with the largest φ over the current mask, then re-select at the same ratio from them) and a *parameter step* (the
 range C shrinks to the current mask, then the top-k at the next ratio inside it). With the paper's ladder
 N=[128,32,16,1], R=[2.5,0.5,0.1,0.02] it visits the 7 "staircase" cells. ``nested=False`` keeps C at all
 parameters. ``reverse=True`` reverses every choice after the first cell (smallest φ, bottom-k among the

@@ -1,8 +1,8 @@
 """Selective fine-tuning with LoRA-like memory and dense-like speed: only the masked entries are trainable.
 
 `apply_mask(model, mask)` freezes every pretrained parameter and makes the k selected entries of all masked
-tensors one flat trainable vector ``delta`` (a `MaskedWeights` submodule, ALGORITHMS.md "Masked
-fine-tuning"). How a step runs:
+tensors one flat trainable vector ``delta`` (a `MaskedWeights` submodule,
+docs/algorithms.md, "Masked training and sparse deltas"). How a step runs:
 
 - The model's masked tensors hold W0+delta *in place*: they become views of one flat weight buffer, so the
   forward is the model's own dense forward: no parametrization, no W0+delta copy, no saved-tensor hooks.

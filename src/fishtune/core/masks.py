@@ -1,7 +1,7 @@
 """Masks over a model's parameters: which entries a selective fine-tune trains.
 
 A `Mask` holds, per parameter tensor, the sorted flat indices of its selected entries. Selection rules
-follow ALGORITHMS.md ("Conventions that decide which entries a mask holds"):
+follow docs/algorithms.md, "Which entries a mask holds":
 
 - k = floor(ratio / 100 × P), at least 1, P = the parameters in the universe (head excluded by default);
   `k_rule="fish_reference"` counts like varunnair18/FISH: floor(ratio/100 × (P + P_head)) − P_head.
@@ -141,7 +141,7 @@ class Mask:
 
 
 def num_selected(ratio: float, universe: int, head: int = 0, rule: str = "exact") -> int:
-    """k for a ratio in percent of ``universe`` parameters (ALGORITHMS.md conventions).
+    """k for a ratio in percent of ``universe`` parameters (docs/algorithms.md, "Which entries a mask holds").
 
     ``rule="exact"``: floor(ratio/100 × universe), at least 1. ``rule="fish_reference"``: the FISH reference
     code's count, floor(ratio/100 × (universe + head)) − head, at least 1.

@@ -3,7 +3,7 @@
 `Selector` holds a model, its tokenised training examples and a collate function, and answers: which
 parameters may be selected (the universe: head excluded by default, optional regex scope), how many
 entries a ratio means (k), which samples a seed draws, and the Fisher (and per-sample mass φ) over any
-list of sample indices. ALGORITHMS.md, "FISH Mask" and "Conventions".
+list of sample indices. docs/algorithms.md, "FISH Mask" and "Which entries a mask holds".
 """
 
 from __future__ import annotations

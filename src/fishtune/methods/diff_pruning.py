@@ -1,5 +1,5 @@
 """Diff pruning (Guo, Rush, Kim 2021, "Parameter-Efficient Transfer Learning with Diff Pruning"; Table 2's
-baseline, ALGORITHMS.md "Baselines").
+baseline, docs/algorithms.md, "Baselines").
 
 The fine-tuned model is θ0 + δ with δ = z ⊙ w: a dense diff vector w and a hard-concrete gate z (Louizos et
 al. 2018) per entry, trained jointly with the task loss plus ``l0_weight`` × E[‖z‖₀], the expected number of

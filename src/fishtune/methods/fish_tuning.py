@@ -1,5 +1,5 @@
 """FISH-Tuning (Xue, Dong, Tu et al. 2025): the FISH Mask applied to the parameters a PEFT module adds
-(ALGORITHMS.md "FISH-Tuning"). Registers two names from one module, one algorithm with two faces:
+(docs/algorithms.md, "FISH-Tuning"). Registers two names from one module, one algorithm with two faces:
 
 - ``fish_lora``: a `peft` LoRA of rank ``multiplier`` × r, where r is the rank plain ``lora`` chooses for the
   ratio (methods/lora.py) or ``method.r``; the budget is that plain LoRA's count, r × Σ(d_in + d_out).

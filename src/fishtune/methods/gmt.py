@@ -1,4 +1,4 @@
-"""GMT, Gradient-Mask Tuning (Li et al. 2024, arXiv 2406.15330; ALGORITHMS.md "GMT").
+"""GMT, Gradient-Mask Tuning (Li et al. 2024, arXiv 2406.15330; docs/algorithms.md, "GMT").
 
 Every parameter stays trainable. After each backward, before the optimizer step, the gradient entries
 whose |g| lies below the ``mask_ratio`` quantile are set to zero, so the step only moves the entries with
@@ -10,7 +10,7 @@ Choices where our copy of the paper is silent (all options, recorded in ``plan.i
   of 10-40 %) gives the paper's reading.
 - The quantile is torch.quantile's linear interpolation; "below" is strict (|g| < q), so ties at q are
   kept. It is computed with ``kthvalue`` (torch.quantile refuses tensors of more than 2**24 entries).
-- ``scope: per_tensor`` (default, ALGORITHMS.md) or ``global`` (one quantile over all masked tensors).
+- ``scope: per_tensor`` (default; docs/algorithms.md, "GMT") or ``global`` (one quantile over all masked tensors).
 - ``accumulation``: our loop steps the optimizer every batch, so accumulation=n recomputes the mask every
   n steps from |Σ g| over those n steps (the accumulation window) and applies it to each step's gradient
   until the next window ends; n=1 (default) is the exact per-step rule.
@@ -87,7 +87,7 @@ class GMT(Method):
     @dataclass
     class Config:
         mask_ratio: float | None = None  # fraction of entries zeroed per step; None: 1 - sparsity.ratio/100
-        scope: str = "per_tensor"  # per_tensor (ALGORITHMS.md default) | global
+        scope: str = "per_tensor"  # per_tensor (default; docs/algorithms.md, "GMT") | global
         accumulation: int = 1  # recompute the mask every n steps from the window's summed gradient
 
         def __post_init__(self) -> None:

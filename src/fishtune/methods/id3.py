@@ -1,5 +1,5 @@
 """ID³: step-by-step unmasking (Agarwal et al. 2024, "Step-by-Step Unmasking for Parameter-Efficient
-Fine-tuning of Large Language Models"; ALGORITHMS.md "ID³").
+Fine-tuning of Large Language Models"; docs/algorithms.md, "ID³").
 
 Training starts with nothing of the pretrained model unmasked (the task head always trains). At every
 step, after backward, the hook grows the unmasked set to the schedule's size u(t) by adding the still-masked

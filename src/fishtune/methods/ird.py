@@ -22,7 +22,7 @@ class _Walk(Method):
 
     @dataclass
     class Config:
-        nested: bool = True  # each cell's mask inside the last larger-ratio cell's (ALGORITHMS.md)
+        nested: bool = True  # each cell's mask inside the last larger-ratio cell's (docs/algorithms.md, "IRD")
 
     def plans(self, ctx: Context) -> list[Plan]:
         self.check_sparsity(ctx.sparsity)
