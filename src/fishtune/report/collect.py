@@ -8,6 +8,9 @@
 - ``kind``: ``single`` (one score per job), ``ladder`` or ``grid`` (the cells of a staircase/grid job);
 - ``run``: one id per result.json (its folder), so cells of the same job can be grouped.
 
+Selection-only results (``select_only=true``: masks, no fine-tuning, no score) are left out; the masks page
+(`fishtune.report.masks`) reads their summaries.
+
 It also holds the shared vocabulary (task and method order, display names, number formatting). Nothing here
 imports torch or the training code.
 """
@@ -48,6 +51,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     An empty folder gives an empty frame with the same columns, never an error.
     """
     frames = [load_results(r) for r in roots]
+    frames = [f[~f["selection_only"].eq(True)] if "selection_only" in f else f for f in frames]  # no score: masks
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in COLUMNS:

@@ -106,6 +106,7 @@ class RunResult:
     peak_memory: dict = field(default_factory=dict)
     cells: list[CellResult] = field(default_factory=list)
     single: bool = True  # one "main" cell, written flat
+    selection_only: bool = False  # select_only=true: masks and their summaries, no cell trained, no score
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -125,7 +126,10 @@ class RunResult:
     def header(self) -> dict[str, Any]:
         """The run's own fields (what each cell file repeats), schema first."""
         out = {"schema": SCHEMA}
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cells", "single")})
+        out.update({f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name not in ("cells", "single", "selection_only")})
+        if self.selection_only:
+            out["selection_only"] = True
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -159,7 +163,7 @@ class RunResult:
             cells = [CellResult.from_json(c) for c in data["cells"]]
         own = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("cells", "single")}
         run = cls(**own, cells=cells, single=single)
-        if run.status == "ok" and run.best is None:
+        if run.status == "ok" and run.best is None and not run.selection_only:
             raise ResultError("ok without an ok cell")
         return run
 
@@ -268,6 +272,7 @@ def load_results(root: str | Path, cells: bool = True):
             "majority": data.get("majority"),  # the dev score of predicting the majority label
             "device": data.get("device"),
             "run_seconds": (data.get("timings") or {}).get("total_seconds"),
+            "selection_only": data.get("selection_only", False),  # masks only: no score (report.masks)
         }
         run_cells = data.get("cells") or []
         if cells and run_cells:
