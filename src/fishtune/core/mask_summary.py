@@ -133,17 +133,17 @@ def encode_sketch(values: np.ndarray) -> str:
 
 def decode_sketch(text: str) -> np.ndarray:
     """The sorted uint64 hashes `encode_sketch` wrote."""
-    values, acc, shift, prev = [], 0, 0, 0
-    for byte in base64.b64decode(text.encode("ascii")):
-        acc |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            prev += acc
-            values.append(prev)
-            acc, shift = 0, 0
-    if shift:
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii")), dtype=np.uint8)
+    if raw.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    last = raw < 0x80  # a varint's last byte
+    if not last[-1]:
         raise ValueError("sketch: truncated (its last number is incomplete)")
-    return np.array(values, dtype=np.uint64)
+    starts = np.concatenate([[0], np.flatnonzero(last)[:-1] + 1])
+    position = np.arange(raw.size) - np.repeat(starts, np.diff(np.append(starts, raw.size)))
+    with np.errstate(over="ignore"):
+        parts = (raw & 0x7F).astype(np.uint64) << (np.uint64(7) * position.astype(np.uint64))
+        return np.cumsum(np.add.reduceat(parts, starts), dtype=np.uint64)
 
 
 def jaccard(a: np.ndarray, count_a: int, b: np.ndarray, count_b: int, k: int = SKETCH_SIZE
