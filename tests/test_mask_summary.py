@@ -186,12 +186,13 @@ def test_masks_page_numbers_from_the_masks(masks, tmp_path):
 def test_selection_only_trains_nothing_and_writes_no_score(tmp_path, compose, monkeypatch):
     """select_only=true on a tiny BERT ladder: the masks and one summary per cell, result.json ok without a
     score (the fine-tuning tables leave it out), and the training loop is never entered."""
+    from omegaconf import OmegaConf
+
     from fishtune.config import validate
     from fishtune.report.build import build_report
     from fishtune.report.collect import collect
     from fishtune.runner import experiment
     from fishtune.runner.results import load_run
-    from omegaconf import OmegaConf
 
     def no_training(*args, **kwargs):
         raise AssertionError("select_only must not fine-tune")

@@ -37,7 +37,8 @@ def find_summaries(*roots: str | Path) -> list[Path]:
 
 
 def load_summaries(*roots: str | Path) -> pd.DataFrame:
-    """One row per summary: task, model, method (reverse IRD's literal reading as ``reverse_ird (F=0 incl.)``),
+    """One row per summary: task, model, method (reverse IRD's literal reading, ``method.zero_fisher=include``
+    or no rule recorded, as ``reverse_ird (F=0 incl.)``),
     seed, cell, ratio, samples, count, zero_fisher, positive_candidates, layers and kinds (dicts of counts),
     sketch (sorted uint64 hashes) and path (relative to its root). The first of duplicates (same task, model,
     method, seed and cell) is kept; ``df.attrs["duplicates"]`` counts the others."""
@@ -45,7 +46,9 @@ def load_summaries(*roots: str | Path) -> pd.DataFrame:
     for root in roots:
         for path in find_summaries(root):
             d = json.loads(path.read_text())
-            method = d["method"] + (" (F=0 incl.)" if d.get("zero_fisher_rule") == "include" else "")
+            method = d["method"]
+            if method == "reverse_ird" and d.get("zero_fisher_rule", "include") == "include":
+                method += " (F=0 incl.)"  # the literal reading (every reverse IRD before the rule was recorded)
             rows.append({"task": d["task"], "model": d["model"], "method": method, "seed": d["seed"],
                          "cell": d["cell"], "ratio": d["ratio"], "samples": d["samples"], "count": d["count"],
                          "universe": d["universe"], "zero_fisher": d.get("zero_fisher"),
