@@ -332,10 +332,11 @@ def _readme(df, shares, pairs, summary, zero, written, notes, problems) -> str:
     t = summary[summary["comparison"] == "tasks"].assign(col=lambda s: s["method"] + " tasks")
     both = pd.concat([_mean_over_tasks(x, "jaccard", ["col", "cell"]) for x in (m, t)])
     cols = list(dict.fromkeys(both["col"]))
+    labels = {c: " ".join(method_name(w) if w in METHODS else w for w in c.split(" ")) for c in cols}
     lines += ["## Overlaps (Jaccard ×100, mean over tasks, seeds and pairs)", "",
               "`a vs b`: two methods on the same task and seed; `<method> seeds`: one method, same task, two "
               "seeds; `<method> tasks`: one method, same seed, two tasks (their training subsets differ).", "",
-              _pivot_markdown(both, ["cell"], "col", "jaccard", cols)]
+              _pivot_markdown(both, ["cell"], "col", "jaccard", cols, names=labels)]
     pair = summary[(summary["comparison"] == "methods") & (summary["method"] == "fish vs ird")]
     if not pair.empty:
         cells = pair.assign(text=lambda s: [f"{100 * a:.1f} ± {100 * b:.1f}" if pd.notna(b) else f"{100 * a:.1f}"
