@@ -327,11 +327,11 @@ def _readme(df, shares, pairs, summary, zero, written, notes, problems) -> str:
         lines += [f"## Share of each mask's entries per {by} (%, mean over tasks and seeds)", "",
                   f"shares_{by}.csv has each task (mean, std over seeds).", "",
                   _pivot_markdown(mean, rows, by, "share", list(dict.fromkeys(mean[by])))]
-    m = summary[summary["comparison"] != "tasks"].assign(
-        col=lambda s: np.where(s["comparison"] == "methods", s["method"], s["method"] + " seeds"))
-    t = summary[summary["comparison"] == "tasks"].assign(col=lambda s: s["method"] + " tasks")
-    both = pd.concat([_mean_over_tasks(x, "jaccard", ["col", "cell"]) for x in (m, t)])
-    cols = list(dict.fromkeys(both["col"]))
+    suffix = {"methods": "", "seeds": " seeds", "tasks": " tasks"}
+    parts = [_mean_over_tasks(summary[summary["comparison"] == c].assign(col=lambda s, x=x: s["method"] + x),
+                              "jaccard", ["col", "cell"]) for c, x in suffix.items()]
+    both = pd.concat(parts)
+    cols = list(dict.fromkeys(both["col"]))  # method pairs, then each method across seeds, across tasks
     labels = {c: " ".join(method_name(w) if w in METHODS else w for w in c.split(" ")) for c in cols}
     lines += ["## Overlaps (Jaccard ×100, mean over tasks, seeds and pairs)", "",
               "`a vs b`: two methods on the same task and seed; `<method> seeds`: one method, same task, two "
