@@ -255,7 +255,7 @@ def _pivot_markdown(table: pd.DataFrame, rows: list[str], col: str, value: str, 
     for idx, r in wide.iterrows():
         idx = idx if isinstance(idx, tuple) else (idx,)
         label = [method_name(v) if rows[i] == "method" else str(v) for i, v in enumerate(idx)]
-        lines.append("| " + " | ".join(label + [fmt(r.get(c, np.nan)) for c in cols]) + " |")
+        lines.append("| " + " | ".join(label + [fmt(r.get(c)) if pd.notna(r.get(c)) else "–" for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -337,6 +337,15 @@ def _readme(df, shares, pairs, summary, zero, written, notes, problems) -> str:
               "`a vs b`: two methods on the same task and seed; `<method> seeds`: one method, same task, two "
               "seeds; `<method> tasks`: one method, same seed, two tasks (their training subsets differ).", "",
               _pivot_markdown(both, ["cell"], "col", "jaccard", cols, names=labels)]
+    across = pairs[pairs["comparison"] == "tasks"]
+    if not across.empty:
+        per_pair = across.groupby(["method", "task", "cell"], sort=False)["jaccard"].mean().reset_index()
+        per_pair = per_pair.rename(columns={"task": "tasks"})
+        lines += ["## Across tasks, per pair of tasks (Jaccard ×100, mean over the seeds both ran)", "",
+                  "The seed draws the training subset, the Fisher samples' positions and the task head's random "
+                  "initialisation; tasks whose heads have the same shape (2 labels; STS-B has 1) start from the "
+                  "same head at the same seed.", "",
+                  _pivot_markdown(per_pair, ["method", "tasks"], "cell", "jaccard", _cells(df))]
     pair = summary[(summary["comparison"] == "methods") & (summary["method"] == "fish vs ird")]
     if not pair.empty:
         cells = pair.assign(text=lambda s: [f"{100 * a:.1f} ± {100 * b:.1f}" if pd.notna(b) else f"{100 * a:.1f}"
