@@ -245,9 +245,13 @@ class RunConfig:
     cell: str | None = None  # train only this ladder cell (e.g. "r0.5-n16")
     resume: bool = True  # skip runs/cells whose result is complete with the same config
     save_delta: bool = False  # save each trained masked cell as a sparse delta (safetensors)
+    select_only: bool = False  # compute the method's masks and their summaries, fine-tune nothing
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto|cpu|cuda, got {self.device!r}")
+        _check(isinstance(self.select_only, bool), f"select_only must be true|false, got {self.select_only!r}")
+        _check(not (self.select_only and self.mask.load), "select_only: mask.load trains a saved mask, there is "
+               "nothing to select (drop one of them)")
 
 
 def _merge(schema: type, node: Any, key: str):
@@ -287,4 +291,5 @@ def validate(cfg: Any) -> RunConfig:
         cell=cfg.get("cell"),
         resume=bool(cfg.get("resume", True)),
         save_delta=bool(cfg.get("save_delta", False)),
+        select_only=cfg.get("select_only", False),
     )

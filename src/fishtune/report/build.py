@@ -7,7 +7,8 @@ runs, ird_vs_fish.csv (IRD against FISH paired over seeds, `stats`), above_major
 the majority class, paired over seeds), the SST-2 case study (`case_page`: Table 3, Figs. 1, 2 and 5, its
 verdicts) when the results hold SST-2 ladder runs of FISH and IRD, and a README.md that links them, opened by a
 root's NOTES.md when it has one (the protocol, in words; every number comes from the results); it returns the
-list of files written (the CLI and the Hydra callback print it).
+list of files written (the CLI and the Hydra callback print it). A folder of selection-only runs (no score,
+``selection/*.json`` summaries) gets the masks page instead (`masks.write_masks_page`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .case_page import write_case  # noqa: E402
 from .collect import TASK_ORDER, collect, ordered, problems, status_counts, task_name  # noqa: E402
 from .curves import write_curves  # noqa: E402
 from .heatmap import arrow_counts, arrows_markdown, ladder_pairs, write_heatmaps  # noqa: E402
+from .masks import find_summaries, write_masks_page  # noqa: E402
 from .paper import paper_beside_ours  # noqa: E402
 from .scaling import scaling_data, write_scaling  # noqa: E402
 from .stats import (  # noqa: E402
@@ -46,6 +48,8 @@ def build_report(roots, out: str | Path | None = None, formats=("png", "pdf")) -
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     df = collect(*roots)
+    if not df["score"].notna().any() and find_summaries(*roots):  # selection-only runs: the masks page
+        return write_masks_page(roots, out, formats, problems(df))
     written: list[Path] = []
 
     def text(name: str, content: str) -> None:

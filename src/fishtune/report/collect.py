@@ -19,6 +19,9 @@ cells are read too, so a page drawn while runs arrive shows what has finished.
 `choice(df)` is the score every "pick the best of several" in the report ranks by: the holdout score where
 there is one, else the dev score (never the dev score when a holdout was there to choose on).
 
+Selection-only results (``select_only=true``: masks, no fine-tuning, no score) are left out; the masks page
+(`fishtune.report.masks`) reads their summaries.
+
 It also holds the shared vocabulary (task and method order, display names, number formatting). Nothing here
 imports torch or the training code.
 """
@@ -62,6 +65,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     """
     raw = [x for r in roots for x in _raw(r)]
     frames = [load_results(r) for r in roots] + [pd.DataFrame([_lone_row(f, d) for f, d, _, lone in raw if lone])]
+    frames = [f[~f["selection_only"].eq(True)] if "selection_only" in f else f for f in frames]  # no score: masks
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in COLUMNS:

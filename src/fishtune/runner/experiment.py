@@ -34,6 +34,7 @@ from ..methods import Context, Plan, create, names
 from ..models import ModelUnavailable, load_model
 from ..train.loop import NonFiniteLoss, fit, planned_steps
 from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
+from .select_only import write_selection
 
 __all__ = ["run_experiment", "config_hash", "resolve_device"]
 
@@ -50,8 +51,11 @@ def config_hash(config: dict[str, Any]) -> str:
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
     torch/transformers/peft versions), to tell finished work of the same job. ``task.label_range`` is left
     out: it only checks the data. ``mask.weight_grad`` counts only when it is not ``dense``, the exact path
-    every result before it was trained with, and ``ladder.single_ratios`` and ``data.holdout`` only when set."""
+    every result before it was trained with, ``ladder.single_ratios`` and ``data.holdout`` only when set, and
+    ``select_only`` only when true."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
+    if not key.get("select_only"):  # false: the same key as every result written before the option existed
+        key.pop("select_only", None)
     if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
         key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
     if isinstance(key.get("task"), dict):
@@ -167,6 +171,9 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     timings["selection_seconds"] = time.perf_counter() - t1
     run.total_params, run.head_params, run.fisher_engine = (prep.selector.num_params, prep.selector.num_head,
                                                             rc.fisher.engine)
+    if rc.select_only:  # the masks and their summaries only (runner.select_only): nothing is fine-tuned
+        timings["total_seconds"] = time.perf_counter() - t0
+        return write_selection(rc, run, prep.selector, plans, out, timings, _peak_memory(device))
     cells = _train_cells(rc, method, prep, plans, run, out, log, before_cell)
     timings["total_seconds"] = time.perf_counter() - t0
     result = _summarise(run, cells, plans, timings, device).to_json()

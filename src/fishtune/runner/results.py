@@ -125,6 +125,7 @@ class RunResult:
     peak_memory: dict = field(default_factory=dict)
     cells: list[CellResult] = field(default_factory=list)
     single: bool = True  # one "main" cell, written flat
+    selection_only: bool = False  # select_only=true: masks and their summaries, no cell trained, no score
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
@@ -149,7 +150,10 @@ class RunResult:
     def header(self) -> dict[str, Any]:
         """The run's own fields (what each cell file repeats), schema first."""
         out = {"schema": SCHEMA}
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cells", "single")})
+        out.update({f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name not in ("cells", "single", "selection_only")})
+        if self.selection_only:
+            out["selection_only"] = True
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -183,7 +187,7 @@ class RunResult:
             cells = [CellResult.from_json(c) for c in data["cells"]]
         own = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("cells", "single")}
         run = cls(**own, cells=cells, single=single)
-        if run.status == "ok" and run.best is None:
+        if run.status == "ok" and run.best is None and not run.selection_only:
             raise ResultError("ok without an ok cell")
         return run
 
@@ -292,6 +296,7 @@ def load_results(root: str | Path, cells: bool = True):
             "majority": data.get("majority"),  # the dev score of predicting the majority label
             "device": data.get("device"),
             "run_seconds": (data.get("timings") or {}).get("total_seconds"),
+            "selection_only": data.get("selection_only", False),  # masks only: no score (report.masks)
         }
         run_cells = data.get("cells") or []
         if cells and run_cells:
