@@ -404,7 +404,7 @@ def test_sweep_over_a_plain_key_keeps_every_job(tmp_path):
     sweep = tmp_path / "outputs" / "multirun" / "lr"
     df = load_results(sweep)
     assert sorted(df.lr) == [1e-3, 2e-3] and set(df.status) == {"ok"}
-    assert sorted(Path(p).name.rsplit(",", 1)[-1] for p in df.path) == ["train.lr=1e-3", "train.lr=2e-3"]
+    assert sorted(Path(p).name.rsplit(",", 1)[-1] for p in df.path) == ["train.lr=0.001", "train.lr=0.002"]
     import pandas as pd
 
     rows = pd.read_csv(sweep / "report" / "results.csv")
@@ -434,8 +434,8 @@ def test_a_locked_run_folder_is_one_line(tmp_path):
         out = run([*TINY, "task=glue/rte", "method=bitfit", "hydra.run.dir=job"], tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].endswith(f"/job is in use by process {os.getpid()} (one process writes a run "
-                                                   "folder at a time)")
+    busy = f"/job is in use by process {os.getpid()} (one process writes a run folder at a time)"
+    assert len(errors) == 1 and errors[0].endswith(busy), out.stderr
     assert not (tmp_path / "job" / "result.json").exists()
 
 

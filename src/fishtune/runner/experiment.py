@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from safetensors import SafetensorError
 
 from ..config import ConfigError, RunConfig
@@ -321,8 +320,7 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
         later = plan is not plans[-1] and rc.cell is None  # another cell will start from this model
         cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count, keep_model=later)
         if cell.status == "ok" and plan.mask is not None:
-            path = out / "masks" / f"{plan.cell}.safetensors"
-            cell = _written(cell, path, lambda: plan.mask.save(path, {"cell": plan.cell}))
+            cell = _written(cell, plan, out / "masks" / f"{plan.cell}.safetensors")
         (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
         if cell.status == "failed":
@@ -431,10 +429,11 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own
                     trainable_ratio=100.0 * plan.hook.trained_count / num_params)
     delta_bytes = None
     if rc.save_delta and plan.mask is not None:
+        path = out / "deltas" / f"{plan.cell}.safetensors"
         try:
-            delta_bytes = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
+            delta_bytes = save_delta(model, path, head=head)
         except (OSError, SafetensorError) as e:
-            return CellResult(**what, status="failed", reason=_write_failure(out / "deltas" / f"{plan.cell}.safetensors", e))
+            return CellResult(**what, status="failed", reason=_write_failure(path, e))
     return CellResult(**what, status="ok", score=tr.score, metrics=tr.metrics, dev_best=tr.dev_best,
                       holdout_score=tr.holdout_score, selected_on="dev" if data.holdout is None else "holdout",
                       best_epoch=tr.best_epoch,
@@ -447,10 +446,11 @@ def _write_failure(where: Path, e: BaseException) -> str:
     return f"cannot write {where}: {getattr(e, 'strerror', None) or str(e).strip() or type(e).__name__}"
 
 
-def _written(cell: CellResult, path: Path, write) -> CellResult:
-    """``cell`` after ``write()`` (its masks file), or the cell failed with the one line why (a full disk)."""
+def _written(cell: CellResult, plan: Plan, path: Path) -> CellResult:
+    """``cell`` once its plan's masks file is written to ``path``, or the cell failed with the one line why
+    (a full disk)."""
     try:
-        write()
+        plan.mask.save(path, {"cell": plan.cell})
     except (OSError, SafetensorError) as e:
         return replace(cell, status="failed", reason=_write_failure(path, e))
     return cell
