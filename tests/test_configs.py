@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CONF, ROOT
@@ -121,6 +122,8 @@ def test_experiment_file_is_one_command_and_lists_its_jobs(experiment, tmp_path)
     jobs = [line for line in out.stdout.splitlines() if line.startswith("dry run:")]
     assert len(jobs) == expected, out.stdout
     assert not (tmp_path / "outputs" / "runs").exists()  # no single-run folder made for a sweeping file
+    # keys set in the file are not overrides: plain seed<k> folders, where the committed runs lie
+    assert all("," not in Path(line.split(" -> ")[1].split(" (")[0]).name for line in jobs), out.stdout
 
 
 @pytest.mark.slow
@@ -130,13 +133,18 @@ def test_cpu_experiment_runs_and_resumes(tmp_path):
     cmd = [sys.executable, str(ROOT / "run.py"), "experiment=repro_minilm_cpu", "model=tiny-bert",
            "hydra.sweeper.params.seed=1", "hydra.sweeper.params.task=glue/rte",
            "hydra.sweeper.params.method='dense,random'", "data.max_train_samples=32", "data.max_eval_samples=16",
-           "train.epochs=1", "ladder.samples=[8,4]", "ladder.ratios=[5,1]", "fisher.num_samples=8"]
+           "train.epochs=1", "ladder.samples=[8,4]", "ladder.ratios=[5,1]", "fisher.num_samples=8",
+           f"data.dir={ROOT / 'data' / 'glue'}"]
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     sweep = tmp_path / "docs" / "report" / "runs" / "repro_minilm_cpu" / "rte" / "tiny-bert"
-    assert sorted(p.stem for p in (sweep / "random" / "ladder" / "seed1" / "cells").glob("*.json")) == ["r1", "r5"]
-    dense = json.loads((sweep / "dense" / "ladder" / "seed1" / "result.json").read_text())
-    random = json.loads((sweep / "random" / "ladder" / "seed1" / "result.json").read_text())
+    # the command line's overrides name the job folders (seed1,h-<hash>: a '/' in data.dir), overrides.txt inside
+    (random_dir,) = (sweep / "random" / "ladder").glob("seed1,h-*")
+    assert "train.epochs=1" in (random_dir / "overrides.txt").read_text().splitlines()
+    assert sorted(p.stem for p in (random_dir / "cells").glob("*.json")) == ["r1", "r5"]
+    (dense_dir,) = (sweep / "dense" / "ladder").glob("seed1,h-*")
+    dense = json.loads((dense_dir / "result.json").read_text())
+    random = json.loads((random_dir / "result.json").read_text())
     assert 0 < dense["majority"] < 1 and dense["info"]["lr"] == 2e-4  # the experiment's method_lr
     assert [c["info"]["lr"] for c in random["cells"]] == [3e-2, 3e-2]  # the experiment's method_lr
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
@@ -145,3 +153,17 @@ def test_cpu_experiment_runs_and_resumes(tmp_path):
     assert listed.stdout.count(" (complete)") == 2, listed.stdout  # a dry run says what a resume would skip
     fresh = subprocess.run([*cmd, "dry_run=true", "train.epochs=2"], cwd=tmp_path, capture_output=True, text=True)
     assert fresh.returncode == 0 and "(complete)" not in fresh.stdout, fresh.stdout  # another config: not done
+
+
+def test_job_folder_names_every_result_changing_override():
+    from fishtune.runner.overrides import job_suffix
+
+    choices = {"model": "tiny-bert", "task": "glue/rte", "experiment": None, "hydra/launcher": "basic"}
+    assert job_suffix(["model=tiny-bert", "seed=3", "cell=r1", "resume=false", "name=x", "dry_run=true",
+                       "train.progress=false", "experiment=repro_minilm_cpu"], choices) == ""
+    assert job_suffix(["train.lr=2e-3", "+fisher.kind=expected", "model=minilm"], choices) == \
+        ",fisher.kind=expected,train.lr=0.002"  # Hydra's spelling, as its sweeper gives a job
+    assert job_suffix(["b.x=1", "a.y=2"], choices) == job_suffix(["a.y=2", "b.x=1"], choices)  # order-free
+    hashed = job_suffix(["mask.load=/tmp/m.safetensors"], choices)
+    assert hashed.startswith(",h-") and len(hashed) == 15  # a '/' never makes a folder level
+    assert job_suffix(["mask.load=/tmp/other.safetensors"], choices) != hashed

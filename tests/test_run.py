@@ -200,6 +200,21 @@ BAD = [
     (["mask.load=truncated.safetensors"], "mask file truncated.safetensors is not a readable safetensors file"),
     (["mask.load=other_labels.safetensors"], "mask file other_labels.safetensors: its head 'classifier.bias' "
      "does not fit the model"),
+    # values read as what they are, before anything else; dry runs check what a run checks before data
+    (["save_delta=no"], "save_delta must be true or false, got 'no'"),
+    (["fisher.dropout=yes"], "fisher.dropout must be true or false, got 'yes'"),
+    (["seed=abc"], "seed must be an integer, got 'abc'"),
+    (["train.lr=inf"], "train.lr must be a finite number, got inf"),
+    (["train.weight_decay=inf"], "train.weight_decay must be a finite number, got inf"),
+    (["+sead=3"], "sead: not a config key (did you mean seed?)"),
+    (["+train.lrr=1e-3"], "train.lrr: not a key of train (did you mean lr?)"),
+    (["method=ird", "dry_run=true"], "method=ird walks a ladder: use sparsity=ladder"),
+    (["method=ird", "sparsity=ladder", "ladder.samples=[16,8,4,1]", "cell=r9-n9", "dry_run=true"],
+     "cell=r9-n9: not a cell of this job"),
+    (["method=lora", "method.r=abc", "dry_run=true"], "method.r must be int or null for method lora, got 'abc'"),
+    (["device=cuda", "dry_run=true"], "device=cuda: CUDA is not available"),
+    ([f"mask.load={ROOT / 'README.md'}", "dry_run=true"], "mask.load: mask file"),
+    ([f"mask.load={ROOT / 'README.md'}"], "mask.load: mask file"),
 ]
 
 
@@ -254,7 +269,8 @@ PLANT = {"stsb_nan_train": _stsb("train", "nan"), "stsb_inf_dev": _stsb("dev", "
          "other_labels.safetensors": _mask_file(labels=3)}
 # the config alone tells: these stop before any data is read (no tokenising progress bar)
 BEFORE_DATA = {"task.prompt='{0}'", "method.r=abc", "method.nested=no", "cell=r9-n9", "fisher.scope='['",
-               "data.dir=/nonexistent", "train.patience=-1"}
+               "data.dir=/nonexistent", "train.patience=-1", "dry_run=true", "save_delta=no", "+sead=3",
+               f"mask.load={ROOT / 'README.md'}"}
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
@@ -298,8 +314,9 @@ def test_nan_loss_fails_with_step(tmp_path):
 
 
 def test_failing_rerun_never_touches_a_finished_result(tmp_path):
-    """A bad-input rerun into a finished run folder exits non-zero and leaves result.json, the cell files
-    and the masks byte-identical (`.hydra/` is Hydra's record of the last command)."""
+    """A bad-input rerun into a finished run folder, or one with another config that fails in training (a
+    nan loss), exits non-zero and leaves result.json, the cell files and the masks byte-identical (masks are
+    written with their cell, once it trained ok; `.hydra/` is Hydra's record of the last command)."""
     args = [*TINY, "task=glue/rte", "method=fish", "sparsity=0.5", "hydra.run.dir=job"]
     run(args, tmp_path, check=True)
     job = tmp_path / "job"
@@ -309,9 +326,10 @@ def test_failing_rerun_never_touches_a_finished_result(tmp_path):
 
     before = files()
     assert json.loads((job / "result.json").read_text())["status"] == "ok"
-    for bad in (["train.lr=-1"], ["method=ird"], ["fisher.num_samples=500"]):
+    for bad in (["train.lr=-1"], ["method=ird"], ["fisher.num_samples=500"],
+                ["fisher.num_samples=16", "train.lr=1e30", "train.max_steps=4"]):
         out = run([*args, *bad], tmp_path)
-        assert out.returncode != 0 and "error:" in out.stderr, bad
+        assert out.returncode != 0 and ("error:" in out.stderr or "at step" in out.stderr), bad
         assert files() == before, f"{bad}: a failing rerun changed the finished run"
 
 
@@ -379,3 +397,132 @@ def test_adapter_methods_train_every_ladder_ratio(tmp_path):
     assert alone.returncode == 0
     single = read_result(tmp_path / "alone" / "cells" / "r1.json")
     assert single["score"] == df[(df.method == "lora") & (df.cell == "r1")]["score"].item()
+
+
+def test_sweep_over_a_plain_key_keeps_every_job(tmp_path):
+    """`train.lr=1e-3,2e-3` puts each job in its own folder (seed42,...,train.lr=...): both results stay and
+    the sweep's report has both rows."""
+    run(["-m", *TINY, "task=glue/rte", "method=bitfit", "train.lr=1e-3,2e-3", "name=lr"], tmp_path, check=True)
+    sweep = tmp_path / "outputs" / "multirun" / "lr"
+    df = load_results(sweep)
+    assert sorted(df.lr) == [1e-3, 2e-3] and set(df.status) == {"ok"}
+    assert sorted(Path(p).name.rsplit(",", 1)[-1] for p in df.path) == ["train.lr=0.001", "train.lr=0.002"]
+    import pandas as pd
+
+    rows = pd.read_csv(sweep / "report" / "results.csv")
+    assert sorted(rows.lr) == [1e-3, 2e-3]
+
+
+def test_a_locked_run_folder_is_one_line(tmp_path):
+    from fishtune.core.files import folder_lock
+
+    with folder_lock(tmp_path / "job"):
+        out = run([*TINY, "task=glue/rte", "method=bitfit", "hydra.run.dir=job"], tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    busy = f"/job is in use by process {os.getpid()} (one process writes a run folder at a time)"
+    assert len(errors) == 1 and errors[0].endswith(busy), out.stderr
+    assert not (tmp_path / "job" / "result.json").exists()
+
+
+def test_two_sweeps_into_one_folder_each_exit_by_their_own_jobs(tmp_path):
+    """A second sweep started into the folder of a running one (other jobs) neither clears nor counts the
+    first one's job records: the failing one exits 1 with its own count, the other 0."""
+    good = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", *TINY, "task=glue/rte", "method=bitfit",
+                             "seed=1,2", "name=s"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    jobs = tmp_path / "outputs" / "multirun" / "s" / ".jobs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(jobs.glob("*")) and good.poll() is None:
+        time.sleep(0.2)
+    bad = run(["-m", *TINY, "task=glue/rte", "method=dense", "seed=1,2", "train.lr=-1", "name=s"], tmp_path)
+    _, err = good.communicate(timeout=600)
+    assert bad.returncode == 1 and "2 of 2 jobs failed: error: train.lr" in bad.stderr, bad.stderr[-2000:]
+    assert good.returncode == 0 and "failed" not in err, err[-2000:]
+    assert len(list(jobs.glob("*"))) == 2  # each sweep its own records
+
+
+def test_edited_data_or_mask_file_trains_again(tmp_path):
+    """The resume key holds the contents of the files a run reads: an edited split file or a replaced
+    `mask.load` file makes the same command train again (size + mtime, else sha256)."""
+    import shutil
+
+    data = tmp_path / "glue"
+    shutil.copytree(ROOT / "data" / "glue" / "RTE", data / "RTE")
+    args = [*TINY, "task=glue/rte", "method=fish", f"data.dir={data}", "hydra.run.dir=job"]
+    run(args, tmp_path, check=True)
+    assert "already complete" in run(args, tmp_path, check=True).stdout
+    train = data / "RTE" / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:1] + lines[2:] + lines[1:2]))  # one row moved: same size, other bytes
+    again = run(args, tmp_path, check=True).stdout
+    assert "cell main: training" in again, again[-2000:]
+    assert read_result(tmp_path / "job" / "result.json")["inputs"]["data.train"]["size"] == train.stat().st_size
+
+    run([*TINY, "task=glue/rte", "method=fish", "seed=2", "hydra.run.dir=other"], tmp_path, check=True)
+    mask = tmp_path / "m.safetensors"
+    shutil.copy(tmp_path / "job" / "masks" / "main.safetensors", mask)
+    loaded = [*TINY, "task=glue/rte", "method=fish", f"mask.load={mask}", "hydra.run.dir=loaded"]
+    run(loaded, tmp_path, check=True)
+    assert "already complete" in run(loaded, tmp_path, check=True).stdout
+    shutil.copy(tmp_path / "other" / "masks" / "main.safetensors", mask)
+    assert "cell main: training" in run(loaded, tmp_path, check=True).stdout
+
+
+def test_folders_where_files_belong_and_stray_tmp_files(tmp_path):
+    """A folder where result.json or a masks file belongs: one line before any data is read, nothing
+    written. Temporary files a killed write left are removed by the next run of that folder."""
+    args = [*TINY, "task=glue/rte", "method=fish", "hydra.run.dir=job"]
+    job = tmp_path / "job"
+    for where in ("result.json", "masks/main.safetensors"):
+        (job / where).mkdir(parents=True)
+        out = run(args, tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr and "Map" not in out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"{where}: a folder where fishtune writes a file" in errors[0], out.stderr
+        (job / where).rmdir()
+    stray = [job / ".result.json.abc.tmp", job / "cells" / ".main.json.x.tmp"]
+    for p in stray:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("half")
+    run(args, tmp_path, check=True)
+    assert not any(p.exists() for p in stray)
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if out.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip() or out.returncode}): needs root")
+
+
+def test_full_disk_is_a_failed_result_the_sweep_counts(tmp_path):
+    """A masks file that does not fit on the disk (a 1 MiB tmpfs): the job's result says failed with the
+    reason, and the sweep's summary counts it; no traceback."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "size=1m")
+    try:
+        out = run(["-m", *TINY, "task=glue/rte", "method=fish", "sparsity.ratio=50", f"hydra.sweep.dir={disk}"],
+                  tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "1 of 1 jobs failed: " in out.stderr and "No space left on device" in out.stderr, out.stderr[-2000:]
+        (result,) = disk.rglob("result.json")
+        r = json.loads(result.read_text())
+        assert r["status"] == "failed" and "No space left on device" in r["reason"]
+        assert not list(disk.rglob("*.safetensors")) and not list(disk.rglob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_read_only_folders_are_one_line(tmp_path):
+    """A dry run into a read-only run folder and a sweep into a read-only sweep folder: one line, non-zero."""
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro, "ro,size=1m")
+    try:
+        for args, what in ((["hydra.run.dir=ro/job", "dry_run=true"], "run"),
+                           (["-m", "seed=1,2", "hydra.sweep.dir=ro/s"], "sweep")):
+            out = run([*TINY, "task=glue/rte", *args], tmp_path)
+            assert out.returncode == 2 and "Traceback" not in out.stderr
+            assert f"error: the {what} folder ro/" in out.stderr and "Read-only file system" in out.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)

@@ -1,15 +1,19 @@
 """Typed schemas of the Hydra config groups, and `validate(cfg) -> RunConfig`.
 
-YAML under conf/ holds the values, these dataclasses the schema: `validate` merges each group into its
-dataclass (unknown keys and wrong types fail), then range checks run in ``__post_init__``. Everything
+YAML under conf/ holds the values, these dataclasses the schema: `validate` first checks every key against
+it, top level included (`_strict`: a key not in the schema is an error with the closest name; a bool is only
+true/false, an int only an integer, a float only a finite number), then merges each group into its
+dataclass, then range checks run in ``__post_init__``. Everything
 below `run.py` takes these dataclasses, never a DictConfig. Errors are `ConfigError`, one line naming the
 key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,26 +274,95 @@ def _merge(schema: type, node: Any, key: str):
         raise ConfigError(f"{where}: {msg}") from None
 
 
+# top-level keys that are not RunConfig fields: run.py's own (validated here too, read there)
+TOP_LEVEL: dict[str, Any] = {"dry_run": bool, "name": str}
+
+
+def _closest(key: str, allowed) -> str:
+    near = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean {near[0]}?)" if near else f" ({', '.join(sorted(allowed))})"
+
+
+def _value_error(where: str, want: Any, value: Any) -> str | None:
+    """Why ``value`` is not of type ``want`` (None when it is); strict: no 'no'/'1' for a bool, no 'abc' or
+    2.5 for an int, no inf/nan for a float."""
+    origin, args = typing.get_origin(want), typing.get_args(want)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _value_error(where, inner[0], value) if len(inner) == 1 else None
+    if value is None:
+        return None if want is Any else f"{where} must not be null"
+    if want is bool:
+        return None if isinstance(value, bool) else f"{where} must be true or false, got {value!r}"
+    if want is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else \
+            f"{where} must be an integer, got {value!r}"
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where} must be a number, got {value!r}"
+        return None if math.isfinite(value) else f"{where} must be a finite number, got {value!r}"
+    if origin is list and isinstance(value, list) and args:
+        return next((m for i, v in enumerate(value) if (m := _value_error(f"{where}[{i}]", args[0], v))), None)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return next((m for k, v in value.items() if (m := _value_error(f"{where}.{k}", args[1], v))), None)
+    return None  # str, containers of the wrong kind: OmegaConf's merge names them
+
+
+def _strict(schema: type, raw: Any, key: str) -> None:
+    """ConfigError when ``raw`` (a group as plain data) holds a key ``schema`` lacks or a value of the wrong
+    type (see `_value_error`)."""
+    if not isinstance(raw, dict):
+        return
+    hints = typing.get_type_hints(schema)
+    for k, v in raw.items():
+        if k not in hints:
+            raise ConfigError(f"{key}.{k}: not a key of {key}{_closest(str(k), hints)}")
+        if problem := _value_error(f"{key}.{k}", hints[k], v):
+            raise ConfigError(problem)
+
+
+def _check_top(raw: dict) -> None:
+    """The top level: only the groups of RunConfig and its own keys (and run.py's), each of its type."""
+    hints = typing.get_type_hints(RunConfig)
+    allowed = {**{f.name: hints[f.name] for f in fields(RunConfig)}, **TOP_LEVEL}
+    for k, v in raw.items():
+        if k not in allowed:
+            raise ConfigError(f"{k}: not a config key{_closest(str(k), allowed)}")
+        want = allowed[k]
+        if is_dataclass(want):
+            _strict(want, v, k)
+        elif problem := _value_error(k, want, v):
+            raise ConfigError(problem)
+
+
 def validate(cfg: Any) -> RunConfig:
     """Turn the composed Hydra config into a RunConfig; raise ConfigError (one line) on any bad value."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     method_node = cfg.get("method")
     _check(method_node is not None and "name" in method_node, "method: missing (choose method=<name>)")
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', None) or 'config'}: {str(e).splitlines()[0]}") from None
+    _check_top(raw)
     return RunConfig(
         model=_merge(ModelConfig, cfg.get("model"), "model"),
         task=_merge(TaskConfig, cfg.get("task"), "task"),
-        method=OmegaConf.to_container(method_node, resolve=True),
+        method=raw["method"],
         sparsity=_merge(SparsityConfig, cfg.get("sparsity"), "sparsity"),
         ladder=_merge(LadderConfig, cfg.get("ladder"), "ladder"),
         train=_merge(TrainConfig, cfg.get("train"), "train"),
         fisher=_merge(FisherConfig, cfg.get("fisher"), "fisher"),
         mask=_merge(MaskConfig, cfg.get("mask"), "mask"),
         data=_merge(DataConfig, cfg.get("data"), "data"),
-        seed=int(cfg.get("seed", 42)),
-        device=str(cfg.get("device", "auto")),
-        cell=cfg.get("cell"),
-        resume=bool(cfg.get("resume", True)),
-        save_delta=bool(cfg.get("save_delta", False)),
-        select_only=cfg.get("select_only", False),
+        seed=raw.get("seed", 42),
+        device=str(raw.get("device", "auto")),
+        cell=None if raw.get("cell") is None else str(raw["cell"]),
+        resume=raw.get("resume", True),
+        save_delta=raw.get("save_delta", False),
+        select_only=raw.get("select_only", False),
     )

@@ -16,7 +16,8 @@ from typing import Any
 
 from ..config import DataConfig, TaskConfig
 
-__all__ = ["DataUnavailable", "TaskData", "FILES", "default_data_dir", "load_task", "tokenize", "format_text"]
+__all__ = ["DataUnavailable", "TaskData", "FILES", "default_data_dir", "load_task", "split_files", "tokenize",
+           "format_text"]
 
 HUB_ID = "nyu-mll/glue"
 
@@ -165,6 +166,16 @@ def _train_and_holdout(ds, max_train: int | None, holdout: float | None, seed: i
     n_train = min(max_train or n, n - n_hold)
     shuffled = ds.shuffle(seed=seed)
     return shuffled.select(range(n_train)), shuffled.select(range(n - n_hold, n))
+
+
+def split_files(task: TaskConfig, data: DataConfig) -> dict[str, Path]:
+    """The local files `load_task` reads for ``task`` ({split: path}); empty when it would read the hub."""
+    fmt = FILES.get(task.name)
+    if fmt is None or data.source == "hub":
+        return {}
+    folder = (Path(data.dir) if data.dir else default_data_dir()) / task.glue_dir
+    files = {s: folder / dict(fmt.splits)[s] for s in ["train", *task.eval_splits] if s in dict(fmt.splits)}
+    return files if all(p.is_file() for p in files.values()) else {}
 
 
 def _check_split(task: TaskConfig, ds, where: str) -> None:

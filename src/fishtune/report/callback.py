@@ -4,15 +4,19 @@ Enabled in conf/config.yaml (``hydra.callbacks.report``). Any error while report
 a finished sweep never fails because of its figures. Disable it with ``~hydra.callbacks.report``.
 
 Every job of a sweep (in this process or, with the submitit launchers, in another) leaves its exit code in
-``<sweep dir>/.jobs/<job number>.json`` (`record_job`); at the end of the multirun `SWEEP` holds how many
-jobs ran and which failed, so `run.py` can exit non-zero with one summary line.
+``<sweep dir>/.jobs/<sweep id>/<job number>.json`` (`record_job`); at the end of the multirun `SWEEP` holds how
+many of this sweep's jobs ran and which failed, so `run.py` can exit non-zero with one summary line. Each
+multirun draws its own id at its start (passed to its jobs in ``$FISHTUNE_SWEEP_ID``, which submitit's local and
+Slurm jobs inherit), so two sweeps into one folder (two processes of one experiment, each given other seeds)
+never clear or count each other's records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +24,25 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
 JOBS = ".jobs"
+SWEEP_ID = "FISHTUNE_SWEEP_ID"  # this multirun's id, in the environment of the process and its jobs
 SWEEP: dict[str, Any] = {}  # after a multirun: {"total": n, "failed": [(job dir, message), ...]}
 
 
+def _records(sweep_dir: str | Path, sweep_id: str | None = None) -> Path:
+    return Path(sweep_dir) / JOBS / (sweep_id or os.environ.get(SWEEP_ID) or "default")
+
+
 def record_job(sweep_dir: str | Path, num: int, code: int, out_dir: str | Path, message: str = "") -> None:
-    """Leave one job's exit code where the multirun's end will read it."""
-    path = Path(sweep_dir) / JOBS / f"{num}.json"
+    """Leave one job's exit code where its multirun's end will read it (this sweep's own record folder)."""
+    path = _records(sweep_dir) / f"{num}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"code": code, "dir": str(out_dir), "message": message}))
 
 
-def read_jobs(sweep_dir: str | Path) -> dict[str, Any]:
-    """{"total": jobs that reported, "failed": [(dir, message)] of those with a non-zero code}."""
+def read_jobs(sweep_dir: str | Path, sweep_id: str | None = None) -> dict[str, Any]:
+    """{"total": jobs of this sweep that reported, "failed": [(dir, message)] of those with a non-zero code}."""
     jobs = []
-    for f in sorted((Path(sweep_dir) / JOBS).glob("*.json")):
+    for f in sorted(_records(sweep_dir, sweep_id).glob("*.json")):
         try:
             jobs.append(json.loads(f.read_text()))
         except (OSError, ValueError):
@@ -49,10 +58,7 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         SWEEP.clear()
-        try:
-            shutil.rmtree(Path(_sweep_dir(config)) / JOBS, ignore_errors=True)  # an earlier sweep's records
-        except Exception as e:  # noqa: BLE001 - bookkeeping must never crash the sweep
-            log.warning("fishtune: cannot clear the job records: %s", e)
+        os.environ[SWEEP_ID] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # this sweep's own records
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         SWEEP.clear()

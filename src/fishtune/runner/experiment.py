@@ -6,7 +6,10 @@ seeded head, tokens, collator, selector: a `Prepared`) → `_plans` (selection f
 computed and saved, with its head, before any fine-tuning) → `_train_cells` (each from the same pretrained
 weights and head, each finished cell written at once as ``cells/<cell>.json``, a `CellResult`) → the
 `RunResult` as ``result.json``, last. A job's resume key (`config_hash`) covers only what changes a result,
-so a finished run or cell is found again whoever wrote it (a full ladder or a ``cell=`` job).
+so a finished run or cell is found again whoever wrote it (a full ladder or a ``cell=`` job); the contents of
+the files it reads (the task's split files, a ``mask.load`` file) are recorded beside it as ``inputs`` and
+must still match (`same_inputs`). A cell's masks file is written only once the cell trained ``ok``, just
+before its cell file: a rerun that fails never replaces a finished cell's masks.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..config import ConfigError, RunConfig
 from ..core.deltas import save_delta
+from ..core.files import digest, unchanged
 from ..core.masked import apply_mask, merge, trainable_count, weight_grad_summary
 from ..core.selection import Selector
-from ..data.glue import DataUnavailable, load_task, tokenize
+from ..data.glue import DataUnavailable, load_task, split_files, tokenize
 from ..data.metrics import majority_score
 from ..methods import Context, Plan, create, names
 from ..models import ModelUnavailable, load_model
@@ -36,7 +41,7 @@ from ..train.loop import NonFiniteLoss, fit, planned_steps
 from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
 from .select_only import write_selection
 
-__all__ = ["run_experiment", "config_hash", "resolve_device"]
+__all__ = ["run_experiment", "config_hash", "resolve_device", "check", "finished", "input_files", "same_inputs"]
 
 # config keys that never change a result: which cells to train, whether to resume, the sweep's name,
 # progress bars (a run or cell written under other values of these is the same result)
@@ -131,13 +136,66 @@ class Prepared:
     device: torch.device
 
 
+def input_files(rc: RunConfig) -> dict[str, Path]:
+    """The files whose contents a result depends on, by a name that survives moving the repository:
+    ``data.<split>`` (the task's local split files) and ``mask.load``."""
+    files = {f"data.{split}": path for split, path in split_files(rc.task, rc.data).items()}
+    if rc.mask.load:
+        files["mask.load"] = Path(rc.mask.load)
+    return files
+
+
+def same_inputs(recorded: Any, files: dict[str, Path]) -> bool:
+    """True when a result's recorded ``inputs`` are the bytes of ``files`` now (size + mtime, else sha256).
+    A result without ``inputs`` (written before fishtune recorded them, e.g. the committed runs under
+    docs/report) is found by its config hash alone."""
+    if not recorded:
+        return True
+    if not isinstance(recorded, dict) or set(recorded) != set(files):
+        return False
+    return all(isinstance(recorded[k], dict) and unchanged(recorded[k], p) for k, p in files.items())
+
+
+def _done(path: Path, chash: str, files: dict[str, Path]) -> bool:
+    if not is_complete(path, chash):
+        return False
+    return same_inputs((read_result(path) or {}).get("inputs"), files)
+
+
 def finished(rc: RunConfig, out_dir: str | Path, chash: str) -> Path | None:
     """The result a resume of ``rc`` in ``out_dir`` returns without training (the run's result.json, or a cell
-    job's cells/<cell>.json, written by a ladder or a cell job, ``ok`` with the same config hash); None when
-    there is work to do or ``resume`` is off."""
+    job's cells/<cell>.json, written by a ladder or a cell job, ``ok`` with the same config hash and the same
+    input contents); None when there is work to do or ``resume`` is off."""
     out = Path(out_dir)
     path = out / "result.json" if rc.cell is None else out / "cells" / f"{rc.cell}.json"
-    return path if rc.resume and is_complete(path, chash) else None
+    return path if rc.resume and _done(path, chash, input_files(rc)) else None
+
+
+def check(rc: RunConfig, out_dir: str | Path | None = None):
+    """Every check a run makes before it reads any data (``dry_run`` makes them too): the method's options,
+    the sparsity and the cell, the device, a ``mask.load`` file's contents, and in ``out_dir`` no folder
+    where a result or masks file belongs. The method."""
+    method = _check(rc)
+    resolve_device(rc.device)
+    if rc.mask.load:
+        from ..core.masks import Mask
+
+        try:
+            Mask.load(rc.mask.load)
+        except ValueError as e:
+            raise ConfigError(f"mask.load: {e}") from None
+    if out_dir is not None:
+        out = Path(out_dir)
+        cells = ["main"] if rc.mask.load else method.cell_names(rc.sparsity, rc.ladder)
+        expected = [out / "result.json", *(out / d / f"{c}.{ext}" for c in cells
+                                           for d, ext in (("cells", "json"), ("masks", "safetensors"),
+                                                          ("deltas", "safetensors")))]
+        for path in expected:
+            if path.is_dir() or (path.parent != out and path.parent.exists() and not path.parent.is_dir()):
+                where = path if path.is_dir() else path.parent
+                raise ValueError(f"{where}: {'a folder' if where.is_dir() else 'a file'} where fishtune writes "
+                                 f"{'a file' if where.is_dir() else 'a folder'} (move it away)")
+    return method
 
 
 def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], log=print,
@@ -158,11 +216,13 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
         log(f"already complete: {done}" if rc.cell is None else f"cell {rc.cell}: already complete ({done})")
         return read_result(done)
     result_path = out / "result.json"
-    method = _check(rc)
+    method = check(rc, out)
     device = resolve_device(rc.device)
+    files = input_files(rc)
     run = RunResult(task=rc.task.name, model=rc.model.name, method=method.name, sparsity=rc.sparsity.name,
                     ratio=rc.sparsity.ratio, ratio_fixed=method.ratio_fixed, seed=rc.seed, config=config,
-                    config_hash=chash, versions=_versions(), device=str(device))
+                    config_hash=chash, versions=_versions(), device=str(device),
+                    inputs={k: digest(p) for k, p in files.items()})
     t0 = time.perf_counter()
     prep = _prepare(rc, method, run, result_path, device)
     timings = {"load_seconds": time.perf_counter() - t0}
@@ -174,7 +234,7 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     if rc.select_only:  # the masks and their summaries only (runner.select_only): nothing is fine-tuned
         timings["total_seconds"] = time.perf_counter() - t0
         return write_selection(rc, run, prep.selector, plans, out, timings, _peak_memory(device))
-    cells = _train_cells(rc, method, prep, plans, run, out, log, before_cell)
+    cells = _train_cells(rc, method, prep, plans, run, out, log, before_cell, files)
     timings["total_seconds"] = time.perf_counter() - t0
     result = _summarise(run, cells, plans, timings, device).to_json()
     if rc.cell is None:
@@ -233,7 +293,8 @@ def _prepare(rc: RunConfig, method, run: RunResult, result_path: Path, device) -
 
 
 def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
-    """Every plan, selected before any fine-tuning; each mask saved with the head it was selected with."""
+    """Every plan, selected before any fine-tuning; each mask with the head it was selected with (written
+    with its cell, once that trained ok: `_train_cells`)."""
     ctx = Context(prep.selector, rc.sparsity, rc.ladder, rc.fisher.num_samples, rc.seed,
                   train_steps=planned_steps(len(prep.data.train), rc.train))
     if rc.mask.load:
@@ -246,20 +307,20 @@ def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
         if plan.mask is not None:
             plan.mask.head = plan.mask.head or head_state
             plan.info["mask_sha256"] = plan.mask.sha256()
-            plan.mask.save(out / "masks" / f"{plan.cell}.safetensors", {"cell": plan.cell})
     return plans
 
 
 def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: RunResult, out: Path, log,
-                 before_cell) -> list[CellResult]:
-    """Train each pending cell from the same pretrained weights and head; a finished one is read back."""
+                 before_cell, files: dict[str, Path]) -> list[CellResult]:
+    """Train each pending cell from the same pretrained weights and head; a finished one is read back. An
+    ok cell's masks file, then its cell file, are written once it trained."""
     initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
     cells = []
     for plan in plans:
         if rc.cell is not None and plan.cell != rc.cell:
             continue
         cell_path = out / "cells" / f"{plan.cell}.json"
-        if rc.resume and is_complete(cell_path, run.config_hash):
+        if rc.resume and _done(cell_path, run.config_hash, files):
             log(f"cell {plan.cell}: already complete")
             cells.append(read_cell(cell_path))
             continue
@@ -269,6 +330,8 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
         log(f"cell {plan.cell}: training ({_describe(plan)})")
         later = plan is not plans[-1] and rc.cell is None  # another cell will start from this model
         cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count, keep_model=later)
+        if cell.status == "ok" and plan.mask is not None:
+            cell = _written(cell, plan, out / "masks" / f"{plan.cell}.safetensors")
         (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
         if cell.status == "failed":
@@ -377,13 +440,31 @@ def _train_plan(rc, plan: Plan, prep: Prepared, out: Path, method_name: str, own
                     trainable_ratio=100.0 * plan.hook.trained_count / num_params)
     delta_bytes = None
     if rc.save_delta and plan.mask is not None:
-        delta_bytes = save_delta(model, out / "deltas" / f"{plan.cell}.safetensors", head=head)
+        path = out / "deltas" / f"{plan.cell}.safetensors"
+        try:
+            delta_bytes = save_delta(model, path, head=head)
+        except (OSError, SafetensorError) as e:
+            return CellResult(**what, status="failed", reason=_write_failure(path, e))
     return CellResult(**what, status="ok", score=tr.score, metrics=tr.metrics, dev_best=tr.dev_best,
                       holdout_score=tr.holdout_score, selected_on="dev" if data.holdout is None else "holdout",
                       best_epoch=tr.best_epoch,
                       steps=tr.steps, epochs_run=tr.epochs_run, stopped_early=tr.stopped_early, history=tr.history,
                       timings={"train_seconds": tr.train_seconds, "samples_per_second": tr.samples_per_second},
                       peak_memory=_peak_memory(device), delta_bytes=delta_bytes)
+
+
+def _write_failure(where: Path, e: BaseException) -> str:
+    return f"cannot write {where}: {getattr(e, 'strerror', None) or str(e).strip() or type(e).__name__}"
+
+
+def _written(cell: CellResult, plan: Plan, path: Path) -> CellResult:
+    """``cell`` once its plan's masks file is written to ``path``, or the cell failed with the one line why
+    (a full disk)."""
+    try:
+        plan.mask.save(path, {"cell": plan.cell})
+    except (OSError, SafetensorError) as e:
+        return replace(cell, status="failed", reason=_write_failure(path, e))
+    return cell
 
 
 def _summarise(run: RunResult, cells: list[CellResult], plans: list[Plan], timings: dict, device) -> RunResult:

@@ -114,6 +114,7 @@ class RunResult:
     failed_step: int | None = None
     config: dict = field(default_factory=dict)
     config_hash: str | None = None
+    inputs: dict = field(default_factory=dict)  # {name: size, mtime_ns, sha256} of each file read (resume key)
     versions: dict = field(default_factory=dict)
     device: str | None = None
     prompt: str | None = None

@@ -36,6 +36,7 @@ def write_selection(rc: RunConfig, run: RunResult, selector: Selector, plans, ou
     head = list(selector.head)
     selected = []
     for plan in masked:
+        plan.mask.save(out / "masks" / f"{plan.cell}.safetensors", {"cell": plan.cell})  # for mask.load
         path = out / "selection" / f"{plan.cell}.json"
         record = {"schema": SUMMARY_SCHEMA, "task": run.task, "model": run.model, "method": run.method,
                   "sparsity": run.sparsity, "seed": run.seed, "cell": plan.cell, "ratio": plan.ratio,
