@@ -119,3 +119,32 @@ def test_a_masked_tensor_without_gradient_does_not_move():
     moved = [n for n in mask.indices
              if n.startswith("bert.embeddings.word") and not torch.equal(params[n], pretrained[n])]
     assert moved, "the embeddings did train"
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_fused_step_equals_the_plain_step(masked):
+    """`MaskedAdamW` takes torch's fused AdamW on CPU by default; a few steps of it (masked with weight decay,
+    or dense) end within float rounding of the plain per-tensor loop's."""
+    models, opts = [], []
+    for fused in (None, False):
+        if masked:
+            model = _masked_tiny_bert()[0]
+        else:
+            model = tiny_model("bert")
+        opt = MaskedAdamW(model, lr=1e-2, weight_decay=0.1, **({} if fused is None else {"fused": fused}))
+        assert opt.defaults["fused"] is (fused is None)
+        models.append(model.train())
+        opts.append(opt)
+    examples = tiny_examples(16)
+    for step in range(4):
+        batch = collate(examples[step * 4: step * 4 + 4])
+        for model, opt in zip(models, opts):
+            torch.manual_seed(step)  # the same dropout on both
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    a, b = (dict(m.named_parameters()) for m in models)
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-6), n
+    assert not torch.equal(a["classifier.weight"], tiny_model("bert").classifier.weight), "it trained"
