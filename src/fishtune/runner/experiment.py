@@ -232,12 +232,17 @@ def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
 
 def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: RunResult, out: Path, log,
                  before_cell) -> list[CellResult]:
-    """Train each pending cell from the same pretrained weights and head; a finished one is read back."""
-    initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
-    cells = []
-    for plan in plans:
-        if rc.cell is not None and plan.cell != rc.cell:
-            continue
+    """Train each pending cell from the same pretrained weights and head; a finished one is read back. The
+    initial state is copied (to the CPU) only when a second cell will be trained from it; the selection's
+    cached scores are dropped first (every plan exists)."""
+    prep.selector.forget()
+    mine = [p for p in plans if rc.cell is None or p.cell == rc.cell]
+    done = {p.cell for p in mine if rc.resume and is_complete(out / "cells" / f"{p.cell}.json", run.config_hash)}
+    pending = [p for p in mine if p.cell not in done]
+    initial = ({k: v.detach().to("cpu", copy=True) for k, v in prep.model.state_dict().items()}
+               if len(pending) > 1 else None)
+    cells, trained = [], False
+    for plan in mine:
         cell_path = out / "cells" / f"{plan.cell}.json"
         if rc.resume and is_complete(cell_path, run.config_hash):
             log(f"cell {plan.cell}: already complete")
@@ -245,9 +250,11 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
             continue
         if before_cell is not None:
             before_cell(plan.cell)
-        merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
+        if trained:
+            merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
+        trained = True
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        later = plan is not plans[-1] and rc.cell is None  # another cell will start from this model
+        later = plan is not pending[-1]  # another cell will start from this model
         cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count, keep_model=later)
         (write_json if cell.status == "ok" else write_unless_ok)(cell_path, cell_json(run, cell))
         cells.append(cell)
