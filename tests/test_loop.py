@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
 from conftest import needs_minilm
+from datasets import Dataset
 from tiny import collate, tiny_examples, tiny_model
 
 import fishtune.train.loop as loop

@@ -47,9 +47,11 @@ def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
     torch/transformers/peft versions), to tell finished work of the same job. ``mask.weight_grad`` counts
-    only when it is not ``dense``, the exact path every result before it was trained with."""
+    only when it is ``blocks``: ``dense`` is the exact path every result before the option was trained with,
+    and ``auto`` (the default) equals it up to the order of floating-point sums, so a result of either is
+    found by both."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
-    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
+    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") in ("dense", "auto"):
         key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
