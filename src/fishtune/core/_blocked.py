@@ -15,6 +15,10 @@ y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k en
 ``write(flat_block, positions)`` (`masked._Group.gather`). Under autocast the matmuls run in the autocast
 dtype, as `F.linear` does. The entries equal the dense gradient's up to the order of the sum over tokens
 (a GEMM of another shape may block it differently): within 1e-6 relative in fp32, tested.
+
+A masked `nn.Embedding` (`embedding_plan`) needs its selected entries' rows only: its backward sums dY over
+the batch's tokens whose row holds one (at most tokens × width values), never the vocabulary × width
+gradient autograd builds and zeroes on every step.
 """
 
 from __future__ import annotations
