@@ -112,5 +112,11 @@ if [ "$DEVICE" = cuda ]; then
   bench step-llama-1b-blocks 120 $PY bench/step.py --model llama-3.2-1b --random-init --device cuda --batch 8 --seq 256 --steps 20 --mask fish --weight-grad blocks
 fi
 [ -n "$OLD" ] && runpy old-ird-ladder "$OLD" "${LADDER[@]}"
+
+# Peers: the same SST-2 job through transformers.Trainer (dense) and peft LoRA + Trainer beside fishtune's
+# dense and FISH runs (bench/peers.py; on a GPU: training samples per second and peak GPU memory)
+if [ "$DEVICE" = cuda ]; then
+  bench peers 240 $PY bench/peers.py --device cuda --rounds 1 --sides trainer-dense,fishtune-dense,peft-lora,fishtune-fish --out "$DEST/peers-gpu.md"
+fi
 cat "$RES"
 echo "gpu.sh: summary $RES, log $LOG"

@@ -1,5 +1,6 @@
-"""`apply_mask(weight_grad="blocks")`: a masked nn.Linear computes only the rows or columns of its weight
-gradient that hold selected entries. The gradients and updates equal the dense path's up to the order of the
+"""`apply_mask(weight_grad="blocks")` (and "auto" on CPU): a masked nn.Linear computes only the rows or
+columns of its weight gradient that hold selected entries, a masked nn.Embedding only the selected rows of the
+batch's tokens. The gradients and updates equal the dense path's up to the order of the
 sum over tokens (1e-6 relative in fp32), frozen entries stay bit-identical, and `merge` restores the layers."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from tiny import collate, tiny_examples, tiny_model
+from tiny import VOCAB, collate, tiny_examples, tiny_model
 
 from fishtune.core import _blocked
 from fishtune.core.masked import MaskedAdamW, apply_mask, masked_tensors, merge
@@ -35,6 +36,10 @@ def _structured_mask(model, head, seed=0) -> Mask:
             else:
                 keep[torch.randperm(out, generator=gen)[:2], :] = True
             idx[n] = (full & keep).reshape(-1).nonzero().squeeze(1)
+        elif p.dim() == 2 and p.shape[0] == VOCAB:  # the word embedding: rows the batches use and some they
+            rows = torch.randperm(VOCAB, generator=gen)[:12].tolist() + [0]  # do not, and the padding row
+            cols = torch.randperm(p.shape[1], generator=gen)[:3]
+            idx[n] = (torch.tensor(rows)[:, None] * p.shape[1] + cols[None]).reshape(-1).sort().values
         else:
             idx[n] = torch.randperm(p.numel(), generator=gen)[:3].sort().values
     return Mask(idx, shapes)
@@ -45,7 +50,7 @@ def _pair(arch: str, seed: int = 0):
     model = tiny_model(arch)
     head = head_names(model)
     mask = _structured_mask(model, head, seed=seed)
-    ref = apply_mask(copy.deepcopy(model), mask, trainable=head).train()
+    ref = apply_mask(copy.deepcopy(model), mask, trainable=head, weight_grad="dense").train()
     apply_mask(model, mask, trainable=head, weight_grad="blocks")
     return ref, model.train(), mask, head
 
@@ -71,8 +76,10 @@ def test_plan_picks_the_smaller_block_and_finds_every_entry():
 def test_blocked_gradient_equals_the_dense_gradient_at_the_mask(arch):
     """Accumulated over two backwards; GPT-2's Conv1D layers (W stored in × out) block too."""
     ref, model, mask, head = _pair(arch)
-    axes = {s.plan.axis for _, s in model.fishtune_masked.segments() if s.plan is not None}
+    axes = {s.plan.axis for _, s in model.fishtune_masked.segments() if s.plan is not None and s.plan.table is None}
     assert axes == {0, 1}, "both a row and a column block are exercised"
+    gathered = [s.name for _, s in model.fishtune_masked.segments() if s.plan is not None and s.plan.table is not None]
+    assert any(s.shape[0] == VOCAB for _, s in model.fishtune_masked.segments() if s.name in gathered), gathered
     ex = tiny_examples(8)
     for b in (collate(ex[:4]), collate(ex[4:])):
         for m in (ref, model):
@@ -154,6 +161,35 @@ def test_blocked_under_bf16_autocast_follows_the_dense_path(arch):
     assert float((got - want).norm() / want.norm()) < 2e-2
 
 
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_no_vocabulary_sized_gradient_for_the_word_embedding(arch):
+    """The dense path's backward builds a vocabulary × width embedding gradient; blocks and auto (on CPU, the
+    default) never do, and auto is blocks there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    made.append(tuple(t.shape))
+            return out
+
+    b, plans = collate(tiny_examples(4)), {}
+    for weight_grad in ("dense", "blocks", "auto"):
+        model = tiny_model(arch)
+        head = head_names(model)
+        apply_mask(model, _structured_mask(model, head), trainable=head, weight_grad=weight_grad).train()
+        width = model.get_input_embeddings().weight.shape[1]
+        loss = model(**b).loss
+        made = []
+        with Shapes():
+            loss.backward()
+        assert ((VOCAB, width) in made) == (weight_grad == "dense"), weight_grad
+        plans[weight_grad] = [(s.name, s.plan and s.plan.axis) for _, s in model.fishtune_masked.segments()]
+    assert plans["auto"] == plans["blocks"] != plans["dense"]
+
+
 @pytest.mark.parametrize("weight_grad", ["dense", "blocks"])
 def test_a_masked_model_refuses_deepcopy(weight_grad):
     """A copy would share the gradient hooks / blocked forwards of the original (training nothing, or writing
@@ -169,6 +205,6 @@ def test_a_masked_model_refuses_deepcopy(weight_grad):
 def test_unknown_weight_grad_is_refused():
     model = tiny_model("bert")
     head = head_names(model)
-    with pytest.raises(ValueError, match="weight_grad must be dense|blocks"):
+    with pytest.raises(ValueError, match="weight_grad must be auto|dense|blocks"):
         apply_mask(model, _structured_mask(model, head), trainable=head, weight_grad="sampled")
     assert not hasattr(model, "fishtune_masked")

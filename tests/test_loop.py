@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_minilm
 from datasets import Dataset
 from tiny import collate, tiny_examples, tiny_model
 
@@ -124,3 +125,53 @@ def test_every_evaluation_nan_is_a_clear_failure(monkeypatch):
     with pytest.raises(loop.NonFiniteScore, match=r"every dev evaluation scored NaN \(2 up to step 8\)"):
         loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
     assert issubclass(loop.NonFiniteScore, loop.NonFiniteLoss)  # the runner records it as a failed cell
+
+
+def _storages(tensors) -> dict[int, int]:
+    """data_ptr -> bytes of the storages behind ``tensors`` (skipping those without one)."""
+    out = {}
+    for t in tensors:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            continue
+        if st.nbytes():
+            out[st.data_ptr()] = st.nbytes()
+    return out
+
+
+def _alive() -> dict[int, int]:
+    import gc
+
+    gc.collect()
+    return _storages(o for o in gc.get_objects() if torch.is_tensor(o))
+
+
+@needs_minilm
+@pytest.mark.parametrize("method", ["fish", "lora"])
+def test_no_second_copy_of_the_model_while_training(monkeypatch, compose, tmp_path, method):
+    """A masked or adapter job changes only its trainable entries and head: at every step of a two-epoch
+    run (the initial state, the best epoch's values and the selection's scores all exist by then), the
+    tensors alive beyond the model's own and those alive before the job hold well under one model's bytes."""
+    from omegaconf import OmegaConf
+
+    import fishtune.runner.experiment as experiment
+    from fishtune.config import validate
+
+    cfg = compose(["model=tiny-bert", "task=glue/sst2", f"method={method}", "sparsity=0.5",
+                   "data.max_train_samples=16", "data.max_eval_samples=8", "fisher.num_samples=8",
+                   "train.epochs=2", "train.batch_size=8", "train.progress=false", "device=cpu"])
+    rc, config = validate(cfg), OmegaConf.to_container(cfg, resolve=True)
+    before = _alive()
+    extra, own = [], []
+
+    def measure(model, step):
+        mine = _storages([*model.parameters(), *model.buffers()])
+        extra.append(sum(b for p, b in _alive().items() if p not in mine and p not in before))
+        own.append(sum(mine.values()))
+
+    real_fit = experiment.fit
+    monkeypatch.setattr(experiment, "fit", lambda *a, **k: real_fit(*a, **{**k, "hook": measure}))
+    result = experiment.run_experiment(rc, tmp_path, config, log=lambda _: None)
+    assert result["status"] == "ok" and len(extra) == 4
+    assert max(extra) < 0.25 * min(own), f"{max(extra)} bytes alive beside a {min(own)}-byte model"

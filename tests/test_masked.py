@@ -77,7 +77,7 @@ def test_gradient_is_the_dense_gradient_at_the_mask_and_nothing_dense_is_kept(ar
     examples = tiny_examples(8)
     mask, _ = fish_mask(Selector(model, examples, collate, head=head, progress=False), 40.0, 8, seed=0)
     dense = copy.deepcopy(model).train()
-    apply_mask(model, mask, trainable=head)
+    apply_mask(model, mask, trainable=head, weight_grad="dense")  # the exact path
     model.train()
     batches = [collate(examples[:4]), collate(examples[4:])]
     for b in batches:
@@ -119,3 +119,33 @@ def test_a_masked_tensor_without_gradient_does_not_move():
     moved = [n for n in mask.indices
              if n.startswith("bert.embeddings.word") and not torch.equal(params[n], pretrained[n])]
     assert moved, "the embeddings did train"
+
+
+@pytest.mark.parametrize(("masked", "weight_decay"), [(True, 0.0), (True, 0.1), (False, 0.1)])
+def test_fused_step_equals_the_plain_step(masked, weight_decay):
+    """`MaskedAdamW` takes torch's fused AdamW on CPU by default; a few steps of it (masked with and without
+    weight decay, or dense) end within float rounding of the plain per-tensor loop's, in the weights the model computes
+    with (the fused kernel leaves delta's version counter alone: each step must still reach the weights)."""
+    models, opts = [], []
+    for fused in (None, False):
+        if masked:
+            model = _masked_tiny_bert()[0]
+        else:
+            model = tiny_model("bert")
+        opt = MaskedAdamW(model, lr=1e-2, weight_decay=weight_decay, **({} if fused is None else {"fused": fused}))
+        assert opt.defaults["fused"] is (fused is None)
+        models.append(model.train())
+        opts.append(opt)
+    examples = tiny_examples(16)
+    for step in range(4):
+        batch = collate(examples[step * 4: step * 4 + 4])
+        for model, opt in zip(models, opts):
+            torch.manual_seed(step)  # the same dropout on both
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    a, b = (dict((merge(m) if masked else m).named_parameters()) for m in models)  # the weights in use
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-6), n
+    assert not torch.equal(a["classifier.weight"], tiny_model("bert").classifier.weight), "it trained"

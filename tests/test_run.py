@@ -102,6 +102,8 @@ def test_resume_key_holds_only_the_runs_own_method_lr():
     base["mask"] = {"scope": "global"}
     with_default["mask"] = {"scope": "global", "weight_grad": "dense"}
     assert config_hash(with_default) == config_hash(base)
+    with_default["mask"]["weight_grad"] = "auto"  # the default: equal to dense up to summation order
+    assert config_hash(with_default) == config_hash(base)
     with_default["mask"]["weight_grad"] = "blocks"
     assert config_hash(with_default) != config_hash(base)
 

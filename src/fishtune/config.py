@@ -165,15 +165,15 @@ class MaskConfig:
     k_rule: str = "exact"  # exact: floor(ratio·P) | fish_reference: varunnair18/FISH's count
     include_head: bool = False  # count the task head in P and let the mask choose within it
     load: str | None = None  # a saved masks file: train this mask (and its head) instead of selecting one
-    weight_grad: str = "dense"  # dense | blocks: how masked Linear layers get their gradient (apply_mask)
+    weight_grad: str = "auto"  # auto | dense | blocks: how masked Linear/Embedding weights get their gradient
 
     def __post_init__(self) -> None:
         _check(self.load is None or Path(self.load).is_file(), f"mask.load: no such file {self.load!r}")
         _check(self.scope in ("global", "per_tensor"), f"mask.scope must be global|per_tensor, got {self.scope!r}")
         _check(self.k_rule in ("exact", "fish_reference"),
                f"mask.k_rule must be exact|fish_reference, got {self.k_rule!r}")
-        _check(self.weight_grad in ("dense", "blocks"),
-               f"mask.weight_grad must be dense|blocks, got {self.weight_grad!r}")
+        _check(self.weight_grad in ("auto", "dense", "blocks"),
+               f"mask.weight_grad must be auto|dense|blocks, got {self.weight_grad!r}")
 
 
 @dataclass

@@ -15,6 +15,10 @@ y = x Wᵀ + b, dX = dY W and db as autograd computes them, and the block's k en
 ``write(flat_block, positions)`` (`masked._Group.gather`). Under autocast the matmuls run in the autocast
 dtype, as `F.linear` does. The entries equal the dense gradient's up to the order of the sum over tokens
 (a GEMM of another shape may block it differently): within 1e-6 relative in fp32, tested.
+
+A masked `nn.Embedding` (`embedding_plan`) needs its selected entries' rows only: its backward sums dY over
+the batch's tokens whose row holds one (at most tokens × width values), never the vocabulary × width
+gradient autograd builds and zeroes on every step.
 """
 
 from __future__ import annotations
@@ -38,12 +42,44 @@ class Plan:
     keep: torch.Tensor
     local: torch.Tensor
     share: float  # the block's size over the full matrix's
+    table: torch.Tensor | None = None  # an embedding's: vocabulary row -> its slot in ``keep``, or -1
+    order: torch.Tensor | None = None  # an embedding's: 0..k-1 (its entries are written in the mask's order)
 
 
 def blockable(module: nn.Module, attr: str) -> bool:
     """Whether ``module.<attr>`` is the weight of a layer `blocked_forward` can run (exact types only: a
-    subclass may change the forward)."""
-    return attr == "weight" and (type(module) is nn.Linear or _is_conv1d(module))
+    subclass may change the forward; an embedding only in its plain form)."""
+    return attr == "weight" and (type(module) is nn.Linear or _is_conv1d(module) or _plain_embedding(module))
+
+
+def _plain_embedding(module: nn.Module) -> bool:
+    return (type(module) is nn.Embedding and module.max_norm is None and not module.scale_grad_by_freq
+            and not module.sparse)
+
+
+def plan_for(owners: list[tuple[nn.Module, str]], shape: tuple[int, ...], indices: torch.Tensor,
+             linear: bool = True) -> Plan | None:
+    """The plan of a masked tensor held by ``owners`` (module, attribute): an embedding's rows (every owner a
+    plain `nn.Embedding`), a Linear's block when ``linear`` (every owner a Linear/Conv1D, `plan`), else None
+    (autograd's dense gradient)."""
+    if not owners or not all(blockable(m, a) for m, a in owners):
+        return None
+    if all(type(m) is nn.Embedding for m, _ in owners):
+        return embedding_plan(shape, indices)
+    if any(type(m) is nn.Embedding for m, _ in owners) or not linear:
+        return None
+    return plan(shape, indices)
+
+
+def embedding_plan(shape: tuple[int, ...], indices: torch.Tensor) -> Plan:
+    """An embedding's selected entries by row: ``keep`` the rows holding one, ``local`` each entry's slot
+    in ``keep`` × width + its column, ``table`` (vocabulary long) each row's slot in ``keep`` or -1."""
+    vocab, width = shape
+    rows, at = torch.unique(indices // width, return_inverse=True)
+    table = torch.full((vocab,), -1, dtype=torch.long, device=indices.device)
+    table[rows] = torch.arange(rows.numel(), device=indices.device)
+    order = torch.arange(indices.numel(), device=indices.device)
+    return Plan(0, rows, at * width + indices % width, rows.numel() / vocab, table, order)
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -124,13 +160,51 @@ class _BlockedLinear(torch.autograd.Function):
         return dx, None, db, None, None, None, None
 
 
+class _GatheredEmbedding(torch.autograd.Function):
+    """F.embedding whose backward sums dY only over the tokens whose row holds selected entries, into one
+    row per such token id in the batch (at most tokens × width), and writes the selected entries; the
+    vocabulary × width gradient never exists. Rows of ``padding_idx`` get no gradient, as in `nn.Embedding`."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, anchor, plan: Plan, write: Callable[[torch.Tensor, torch.Tensor], None],
+                padding_idx: int | None):
+        ctx.save_for_backward(ids)
+        ctx.plan, ctx.write, ctx.padding_idx, ctx.w_dtype = plan, write, padding_idx, weight.dtype
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (ids,) = ctx.saved_tensors
+        p, width = ctx.plan, dy.shape[-1]
+        ids = ids.reshape(-1)
+        slots = p.table[ids]  # each token's row slot in keep, -1 when its row holds no selected entry
+        hit = slots >= 0 if ctx.padding_idx is None else (slots >= 0) & (ids != ctx.padding_idx)
+        present, at = torch.unique(slots[hit], return_inverse=True)  # selected rows seen in this batch
+        rows = dy.new_zeros(present.numel(), width).index_add_(0, at, dy.reshape(-1, width)[hit])
+        where = torch.full((p.keep.numel(),), -1, dtype=torch.long, device=ids.device)
+        where[present] = torch.arange(present.numel(), device=ids.device)
+        pos = where[p.local // width]  # each selected entry's row in ``rows``, -1 when not in the batch
+        found = pos >= 0
+        entries = dy.new_zeros(p.local.numel())
+        entries[found] = rows[pos[found], p.local[found] % width]
+        ctx.write(entries.to(ctx.w_dtype), p.order)
+        return None, None, None, None, None, None
+
+
 def blocked_forward(module: nn.Module, anchor: torch.Tensor, p: Plan,
                     write: Callable[[torch.Tensor, torch.Tensor], None]):
-    """The forward to bind to a masked ``module`` (an `nn.Linear` or `Conv1D`; an instance attribute that
-    `masked.merge` removes): the blocked Function while gradients are recorded, the class's own forward
-    otherwise."""
-    conv1d = _is_conv1d(module)
+    """The forward to bind to a masked ``module`` (an `nn.Linear`, `Conv1D` or `nn.Embedding`; an instance
+    attribute that `masked.merge` removes): the blocked Function while gradients are recorded, the class's
+    own forward otherwise."""
     plain = type(module).forward.__get__(module)
+    if type(module) is nn.Embedding:
+        def embed(ids: torch.Tensor) -> torch.Tensor:
+            if not torch.is_grad_enabled():
+                return plain(ids)
+            return _GatheredEmbedding.apply(ids, module.weight, anchor, p, write, module.padding_idx)
+
+        return embed
+    conv1d = _is_conv1d(module)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():

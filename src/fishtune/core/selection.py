@@ -115,6 +115,10 @@ class Selector:
             self._cache = {key: res}  # one entry: the ladder asks for the same set twice in a row
         return res
 
+    def forget(self) -> None:
+        """Drop the cached Fisher scores (as large as the model's scored parameters) once selection is done."""
+        self._cache = {}
+
     def top_k(self, fisher: FisherResult, ratio: float, *, largest: bool = True,
               candidates: Mask | None = None, zero_last: bool = False) -> Mask:
         """The ratio's k entries of largest (or smallest) Fisher, inside ``candidates`` when given.

@@ -55,13 +55,14 @@ def config_hash(config: dict[str, Any]) -> str:
     """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
     ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
     torch/transformers/peft versions), to tell finished work of the same job. ``task.label_range`` is left
-    out: it only checks the data. ``mask.weight_grad`` counts only when it is not ``dense``, the exact path
-    every result before it was trained with, ``ladder.single_ratios`` and ``data.holdout`` only when set, and
-    ``select_only`` only when true."""
+    out: it only checks the data. ``mask.weight_grad`` counts only when it is ``blocks``: ``dense`` is the
+    exact path every result before the option was trained with, and ``auto`` (the default) equals it up to
+    the order of floating-point sums, so a result of either is found by both. ``ladder.single_ratios`` and
+    ``data.holdout`` count only when set, and ``select_only`` only when true."""
     key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
     if not key.get("select_only"):  # false: the same key as every result written before the option existed
         key.pop("select_only", None)
-    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") == "dense":
+    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") in ("dense", "auto"):
         key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
     if isinstance(key.get("task"), dict):
         key["task"] = {k: v for k, v in key["task"].items() if k not in NOT_IN_KEY_TASK}
@@ -312,13 +313,18 @@ def _plans(rc: RunConfig, method, prep: Prepared, out: Path) -> list[Plan]:
 
 def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: RunResult, out: Path, log,
                  before_cell, files: dict[str, Path]) -> list[CellResult]:
-    """Train each pending cell from the same pretrained weights and head; a finished one is read back. An
-    ok cell's masks file, then its cell file, are written once it trained."""
-    initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
-    cells = []
-    for plan in plans:
-        if rc.cell is not None and plan.cell != rc.cell:
-            continue
+    """Train each pending cell from the same pretrained weights and head; a finished one is read back. The
+    initial state is copied (to the CPU) only when a second cell will be trained from it; the selection's
+    cached scores are dropped first (every plan exists). An ok cell's masks file, then its cell file, are
+    written once it trained."""
+    prep.selector.forget()
+    mine = [p for p in plans if rc.cell is None or p.cell == rc.cell]
+    done = {p.cell for p in mine if rc.resume and _done(out / "cells" / f"{p.cell}.json", run.config_hash, files)}
+    pending = [p for p in mine if p.cell not in done]
+    initial = ({k: v.detach().to("cpu", copy=True) for k, v in prep.model.state_dict().items()}
+               if len(pending) > 1 else None)
+    cells, trained = [], False
+    for plan in mine:
         cell_path = out / "cells" / f"{plan.cell}.json"
         if rc.resume and _done(cell_path, run.config_hash, files):
             log(f"cell {plan.cell}: already complete")
@@ -326,9 +332,11 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
             continue
         if before_cell is not None:
             before_cell(plan.cell)
-        merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
+        if trained:
+            merge(prep.model).load_state_dict(initial)  # drop the last cell's mask, then reset
+        trained = True
         log(f"cell {plan.cell}: training ({_describe(plan)})")
-        later = plan is not plans[-1] and rc.cell is None  # another cell will start from this model
+        later = plan is not pending[-1]  # another cell will start from this model
         cell = _train_plan(rc, plan, prep, out, method.name, method.reports_trained_count, keep_model=later)
         if cell.status == "ok" and plan.mask is not None:
             cell = _written(cell, plan, out / "masks" / f"{plan.cell}.safetensors")

@@ -146,6 +146,35 @@ def _first_nonfinite(losses: list[tuple[int, torch.Tensor]]) -> tuple[int, float
     return losses[i][0], float(values[i])
 
 
+class _BestState:
+    """The best evaluation's values of the trainable parameters, and only those (a masked model's flat delta
+    and head, an adapter and head, every weight when dense): one copy, kept off the accelerator, made at the
+    first improvement and overwritten in place at each later one (never two at once). An improvement at the
+    run's last evaluation copies nothing: the model holds it already."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.saved: list[torch.Tensor] | None = None
+        self.current = True  # the model itself holds the best values
+
+    @torch.no_grad()
+    def keep(self, last: bool) -> None:
+        self.current = last
+        if last:
+            return
+        if self.saved is None:
+            pin = torch.cuda.is_available() and any(p.is_cuda for p in self.params)
+            self.saved = [torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=pin) for p in self.params]
+        for s, p in zip(self.saved, self.params):
+            s.copy_(p)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if not self.current and self.saved is not None:
+            for p, s in zip(self.params, self.saved):
+                p.copy_(s)
+
+
 def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
         device: torch.device, seed: int, hook: Callable | None = None, select=None) -> TrainResult:
     """Train ``model``'s trainable parameters; evaluate every epoch (and every ``eval_every`` steps).
@@ -169,7 +198,7 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    kept = _BestState([p for p in model.parameters() if p.requires_grad])
     best: dict = {"key": -math.inf}
     history, step, seen, train_time, stale, stopped = [], 0, 0, 0.0, 0, False
     losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/inf
@@ -197,7 +226,8 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
         history.append(entry)
         key = entry.get("holdout", score)  # what chooses: the holdout when there is one, else dev
         if key > best["key"]:
-            best = {**entry, "key": key, "state": {id(p): p.detach().clone() for p in trainable}}
+            best = {**entry, "key": key}
+            kept.keep(last=step >= total)
             stale = 0
         else:
             stale += 1
@@ -225,11 +255,9 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
             stopped = True
             break
     bar.close()
-    if "state" not in best:  # no score was ever > -inf: all NaN
+    if "epoch" not in best:  # no score was ever > -inf: all NaN
         raise NonFiniteScore(step, len(history))
-    with torch.no_grad():
-        for p in trainable:
-            p.copy_(best["state"][id(p)])
+    kept.restore()
     sync_weights(model)
     return TrainResult(score=best["score"], metrics=best["metrics"], best_epoch=best["epoch"], steps=step,
                        epochs_run=history[-1]["epoch"], train_seconds=train_time,
