@@ -173,7 +173,7 @@ def test_git_commit_is_fishtunes_own(tmp_path):
     'unknown', never that repository's commit."""
     import shutil
 
-    from fishtune.runner.experiment import fishtune_commit
+    from fishtune.runner.resume import fishtune_commit
 
     own = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if own:
@@ -183,7 +183,7 @@ def test_git_commit_is_fishtunes_own(tmp_path):
     subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "other"], cwd=tmp_path, check=True)
-    code = "from fishtune.runner.experiment import fishtune_commit; print(fishtune_commit())"
+    code = "from fishtune.runner.resume import fishtune_commit; print(fishtune_commit())"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "vendor" / "src")})
     assert out.stdout.strip() == "unknown", out.stderr[-2000:]

