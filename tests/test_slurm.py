@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fishtune.runner.overrides import job_suffix
 from fishtune.runner.results import load_results, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,8 +107,10 @@ def job_ids(out: Path) -> list[str]:
     return sorted(p.name.removesuffix("_0_log.out") for p in (out / ".submitit").glob("*/*_0_log.out"))
 
 
-def ladder_dir(out: Path) -> Path:
-    return out / "rte" / "tiny-bert" / "ird" / "ladder" / "seed42"
+def ladder_dir(out: Path, overrides: list[str]) -> Path:
+    """The ladder job's folder: the readable path, then the plain-key overrides (run.py's job folders)."""
+    suffix = job_suffix(overrides, ["model", "train", "method", "sparsity", "task"])
+    return out / "rte" / "tiny-bert" / "ird" / "ladder" / f"seed42{suffix}"
 
 
 def test_slurm_sweep_2x2(tmp_path):
@@ -134,7 +137,7 @@ def test_request_the_cluster_cannot_meet_fails_at_submission(tmp_path):
 
 def test_requeue_resumes_at_the_next_cell(tmp_path):
     out = tmp_path / "sweep"
-    job = ladder_dir(out)
+    job = ladder_dir(out, [*LADDER, "train.max_steps=20"])
     client = start(out, [*LADDER, "train.max_steps=20"])
     try:
         jid = wait_for("the job id", lambda: (out / ".submitit").is_dir() and job_ids(out))[0]
@@ -168,7 +171,7 @@ def test_requeue_resumes_at_the_next_cell(tmp_path):
 
 def test_killed_mid_cell_keeps_finished_cells_and_rerun_completes_the_rest(tmp_path):
     out = tmp_path / "sweep"
-    job = ladder_dir(out)
+    job = ladder_dir(out, [*LADDER, "train.max_steps=60"])
     client = start(out, [*LADDER, "train.max_steps=60"])
     try:
         jid = wait_for("the job id", lambda: (out / ".submitit").is_dir() and job_ids(out))[0]
