@@ -149,3 +149,23 @@ def test_fused_step_equals_the_plain_step(masked, weight_decay):
     for n in a:
         assert torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-6), n
     assert not torch.equal(a["classifier.weight"], tiny_model("bert").classifier.weight), "it trained"
+
+
+def test_a_model_loaded_from_safetensors_keeps_no_view_of_its_file(tmp_path):
+    """On the CPU from_pretrained maps the weights file; apply_mask gives every other tensor its own copy so
+    the map (a second copy of the masked weights) can go: equal values, no storage left from the load."""
+    from transformers import AutoModelForSequenceClassification
+
+    tiny_model("bert").save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    head = head_names(model)
+    before = {n: (p.untyped_storage().data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    before.update({f"buffer {n}": (b.untyped_storage().data_ptr(), b.clone()) for n, b in model.named_buffers()})
+    mask, _ = fish_mask(Selector(model, tiny_examples(8), collate, head=head, progress=False), 5.0, 4, seed=0)
+    apply_mask(model, mask, trainable=head)
+    after = {n: p for n, p in model.named_parameters()}
+    after.update({f"buffer {n}": b for n, b in model.named_buffers() if n not in mask.indices})
+    kept = [n for n, t in after.items() if n in before and t.untyped_storage().data_ptr() == before[n][0]]
+    assert not kept, f"still views of the loaded storage: {kept[:3]}"
+    assert all(torch.equal(t, before[n][1]) for n, t in after.items() if n in before)
+    assert len([n for n in after if n in before]) > len(head)  # the frozen body's tensors were checked too

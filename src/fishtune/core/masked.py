@@ -198,6 +198,22 @@ def weight_grad_summary(model: nn.Module) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def _own_cpu_storage(model: nn.Module, masked: set[int]) -> None:
+    """Give every other CPU parameter and buffer its own copy of its values. A model loaded from safetensors
+    on the CPU holds its weights as views of the file's memory map, which stays resident while any of them
+    lives: once the masked tensors are copied into the flat buffer, the map would keep a second copy of
+    them (+80 MiB RSS on MiniLM at FISH 0.5 %, measured). Off the CPU nothing is mapped: no copy."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for t in store.values():
+                if t is None or id(t) in masked or id(t) in seen or t.device.type != "cpu":
+                    continue
+                seen.add(id(t))
+                t.data = t.data.clone()
+
+
 def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, ...] = (),
                weight_grad: str = "auto") -> nn.Module:
     """Make ``mask``'s entries the only trainable pretrained values of ``model`` (in place; returned).
@@ -228,6 +244,7 @@ def apply_mask(model: nn.Module, mask: Mask, trainable: list[str] | tuple[str, .
         params[n].requires_grad_(True)
     chosen = [(n, idx) for n, idx in mask.indices.items() if n not in trainable and idx.numel()]
     state = MaskedWeights(model, chosen, weight_grad)
+    _own_cpu_storage(model, {id(s.weight) for _, s in state.segments()})
     model.add_module(STATE, state)
     state.pre_hook = model.register_forward_pre_hook(state.sync)  # a stock optimizer changed delta
     return model
