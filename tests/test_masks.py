@@ -190,3 +190,44 @@ def test_apply_delta_is_all_or_nothing(tmp_path):
             apply_delta(target, file)
         after = target.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), f"{what}: the model changed before the error"
+
+
+def _reference_top_k(scores, k, largest=True, candidates=None, zero_last=False):
+    """Sort everything at once (stable, descending): the first k, as `select_top_k` defines them."""
+    keys, where = [], []
+    for n, s in scores.items():
+        s = s.reshape(-1).double()
+        if not largest:
+            s = -s
+            if zero_last:
+                s = torch.where(s == 0, torch.full_like(s, -torch.finfo(s.dtype).max), s)
+        if candidates is not None:
+            ok = torch.zeros_like(s, dtype=torch.bool)
+            ok[candidates.indices.get(n, torch.empty(0, dtype=torch.long))] = True
+            s = torch.where(ok, s, torch.full_like(s, -float("inf")))
+        keys.append(torch.nan_to_num(s, nan=-float("inf")))
+        where += [(n, i) for i in range(s.numel())]
+    order = torch.sort(-torch.cat(keys), stable=True).indices[:k].tolist()
+    out = {}
+    for j in order:
+        n, i = where[j]
+        out.setdefault(n, []).append(i)
+    return {n: sorted(v) for n, v in out.items()}
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 20])
+@pytest.mark.parametrize("how", ["top", "bottom", "bottom_zero_last", "candidates"])
+def test_chunked_selection_equals_one_sort_of_everything(monkeypatch, chunk, how):
+    import fishtune.core.masks as masks
+
+    monkeypatch.setattr(masks, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(chunk)
+    scores = {"w": torch.randint(0, 4, (6, 5), generator=g).float(),
+              "b": torch.randint(0, 4, (9,), generator=g).float(), "e": torch.rand(4, 3, generator=g)}
+    scores["b"][2] = float("nan")
+    kw = {"largest": how == "top" or how == "candidates", "zero_last": how == "bottom_zero_last"}
+    if how == "candidates":
+        kw["candidates"] = select_top_k({n: torch.rand(s.shape, generator=g) for n, s in scores.items()}, 25)
+    for k in (1, 5, 12, 25):
+        got = {n: v.tolist() for n, v in select_top_k(scores, k, **kw).indices.items()}
+        assert got == _reference_top_k(scores, k, **kw), (how, k)

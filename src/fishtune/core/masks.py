@@ -157,14 +157,49 @@ def num_selected(ratio: float, universe: int, head: int = 0, rule: str = "exact"
     return max(1, min(k, universe))
 
 
-def _first_k_at_threshold(key: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean selection of exactly k entries of ``key`` with the largest values; ties by lower index."""
-    thresh = torch.topk(key, k, sorted=False).values.min()
-    above = key > thresh
-    missing = k - int(above.sum())
-    ties = (key == thresh).nonzero().squeeze(1)[:missing]
-    above[ties] = True
-    return above
+CHUNK = 1 << 20  # entries ranked at once: selection holds O(chunk + k) scores, never a copy of them all
+
+
+def _ranked(score: torch.Tensor, allowed: torch.Tensor | None, largest: bool, zero_last: bool) -> torch.Tensor:
+    """The key `select_top_k` ranks a slice of scores by (larger first): -inf for what may not be chosen."""
+    s = score.to(torch.float64 if score.dtype == torch.float64 else torch.float32)
+    if not largest:
+        s = -s
+        if zero_last:  # after every -F < 0, before the disallowed -inf; ties keep the flat-index order
+            s = torch.where(s == 0, torch.full_like(s, -torch.finfo(s.dtype).max), s)
+    if allowed is not None:
+        s = torch.where(allowed, s, torch.full_like(s, -math.inf))
+    return torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+
+
+def _kth_largest(keys, k: int) -> torch.Tensor:
+    """The k-th largest value over the key chunks ``keys`` (a running top-k: O(chunk + k) memory)."""
+    best = None
+    for key in keys:
+        top = key if key.numel() <= k else torch.topk(key, k, sorted=False).values
+        best = top if best is None else torch.cat([best, top])
+        if best.numel() > 4 * k:  # merge only now and then: a top-k over ~5k entries per 4k new ones
+            best = torch.topk(best, k, sorted=False).values
+    return torch.topk(best, k, sorted=False).values.min()
+
+
+def _first_k(keys, k: int) -> list[torch.Tensor]:
+    """Exactly k entries of largest key over the chunks ``keys()`` yields (callable twice), ties by lower
+    index in the chunks' order: per chunk, the chosen positions in it."""
+    thresh = _kth_largest(keys(), k)
+    above, ties, spare = [], [], k  # ties kept only while some could still be needed (O(k) memory)
+    for key in keys():
+        above.append((key > thresh).nonzero().squeeze(1))
+        tie = (key == thresh).nonzero().squeeze(1)[:spare] if spare > 0 else above[-1][:0]
+        ties.append(tie)
+        spare -= tie.numel()
+    missing = k - sum(x.numel() for x in above)
+    chosen = []
+    for up, tie in zip(above, ties):
+        take = tie[:missing]
+        missing -= take.numel()
+        chosen.append(torch.sort(torch.cat([up, take])).values if take.numel() else up)
+    return chosen
 
 
 def select_top_k(
@@ -183,25 +218,20 @@ def select_top_k(
     the lower flat index, tensors taken in the order of ``scores``. ``scope="per_tensor"`` selects within
     each tensor its share of k (largest remainders), the total still exactly k. ``zero_last`` (with
     ``largest=False``, reverse IRD): entries scoring exactly 0 rank after every positive one, so they are
-    taken only where fewer than k candidates score above 0 (then by ascending flat index).
+    taken only where fewer than k candidates score above 0 (then by ascending flat index). The scores are
+    ranked `CHUNK` entries at a time: no copy of them all is made (a 1B-parameter model's would take GBs).
     """
     names = list(scores)
     if not names:
         raise ValueError("scores is empty: no parameters to select from")
-    flat = []
-    for n in names:
-        s = scores[n].detach().reshape(-1).to(torch.float64 if scores[n].dtype == torch.float64 else torch.float32)
-        if not largest:
-            s = -s
-            if zero_last:  # after every -F < 0, before the disallowed -inf; ties keep the flat-index order
-                s = torch.where(s == 0, torch.full_like(s, -torch.finfo(s.dtype).max), s)
-        if candidates is not None:
-            allowed = torch.zeros_like(s, dtype=torch.bool)
+    flat = {n: scores[n].detach().reshape(-1) for n in names}
+    allowed = {}
+    if candidates is not None:
+        for n in names:
+            allowed[n] = torch.zeros(flat[n].numel(), dtype=torch.bool, device=flat[n].device)
             if n in candidates.indices:
-                allowed[candidates.indices[n]] = True
-            s = torch.where(allowed, s, torch.full_like(s, -math.inf))
-        flat.append(torch.nan_to_num(s, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
-    available = candidates.count if candidates is not None else sum(f.numel() for f in flat)
+                allowed[n][candidates.indices[n].to(flat[n].device)] = True
+    available = candidates.count if candidates is not None else sum(f.numel() for f in flat.values())
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise ValueError(f"k: a whole number of entries, got {k!r}")
     k = int(k)
@@ -209,20 +239,34 @@ def select_top_k(
         raise ValueError(f"k: at least one entry must be selected, got k={k}")
     if k > available:
         raise ValueError(f"k={k} entries requested but only {available} candidates exist")
+
+    def pick(group: list[str], q: int) -> dict[str, list[torch.Tensor]]:
+        starts = [(n, a) for n in group for a in range(0, flat[n].numel(), CHUNK)]
+
+        def keys():
+            for n, a in starts:
+                part = None if candidates is None else allowed[n][a:a + CHUNK]
+                yield _ranked(flat[n][a:a + CHUNK], part, largest, zero_last)
+
+        out: dict[str, list[torch.Tensor]] = {}
+        for (n, a), pos in zip(starts, _first_k(keys, q)):
+            out.setdefault(n, []).append(pos + a)
+        return out
+
     if scope == "global":
-        chosen = _first_k_at_threshold(torch.cat(flat), k).split([f.numel() for f in flat])
+        picked = pick(names, k)
     elif scope == "per_tensor":
-        sizes = [int((f > -math.inf).sum()) if candidates is not None else f.numel() for f in flat]
-        quotas = _apportion(k, sizes)
-        chosen = [
-            _first_k_at_threshold(f, q) if q else torch.zeros_like(f, dtype=torch.bool) for f, q in zip(flat, quotas)
-        ]
+        sizes = [int(allowed[n].sum()) if candidates is not None else flat[n].numel() for n in names]
+        picked = {}
+        for n, q in zip(names, _apportion(k, sizes)):
+            if q:
+                picked.update(pick([n], q))
     else:
         raise ValueError(f"mask.scope must be global|per_tensor, got {scope!r}")
     indices, shapes = {}, {}
-    for n, c in zip(names, chosen):
-        idx = c.nonzero().squeeze(1)
-        if idx.numel():
+    for n in names:
+        idx = torch.cat(picked[n]) if n in picked else None
+        if idx is not None and idx.numel():
             indices[n] = idx.cpu()
             shapes[n] = tuple(scores[n].shape)
     return Mask(indices, shapes)
