@@ -26,38 +26,47 @@ __all__ = ["config_hash", "library_versions", "versions", "fishtune_commit", "in
            "finished"]
 
 # config keys that never change a result: which cells to train, whether to resume, the sweep's name,
-# progress bars (a run or cell written under other values of these is the same result)
-NOT_IN_KEY = ("cell", "resume", "name", "dry_run")
-NOT_IN_KEY_TRAIN = ("progress",)
-_UNSET_NOT_IN_KEY = (("ladder", "single_ratios"), ("data", "holdout"))
-NOT_IN_KEY_TASK = ("label_range",)  # only checks the data: a run it lets through trains exactly as before
+# progress bars, and task.label_range, which only checks the data (a run it lets through trains as before)
+NOT_IN_KEY = ("cell", "resume", "name", "dry_run", "train.progress", "task.label_range")
+# options added after results were written, at the values those results were trained with: there they are
+# left out of the key, so older results stay found. mask.weight_grad "auto" equals "dense" (the exact path)
+# up to the order of floating-point sums; only "blocks" makes another key.
+NEUTRAL = {"select_only": (False, None), "mask.weight_grad": ("dense", "auto"), "ladder.single_ratios": (None,),
+           "data.holdout": (None,)}
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY` and
-    ``train.progress``, and of ``train.method_lr`` only the run's own method's entry, plus the
-    torch/transformers/peft versions), to tell finished work of the same job. ``task.label_range`` is left
-    out: it only checks the data. ``mask.weight_grad`` counts only when it is ``blocks``: ``dense`` is the
-    exact path every result before the option was trained with, and ``auto`` (the default) equals it up to
-    the order of floating-point sums, so a result of either is found by both. ``ladder.single_ratios`` and
-    ``data.holdout`` count only when set, and ``select_only`` only when true."""
-    key = {k: v for k, v in config.items() if k not in NOT_IN_KEY}
-    if not key.get("select_only"):  # false: the same key as every result written before the option existed
-        key.pop("select_only", None)
-    if isinstance(key.get("mask"), dict) and key["mask"].get("weight_grad", "dense") in ("dense", "auto"):
-        key["mask"] = {k: v for k, v in key["mask"].items() if k != "weight_grad"}
-    if isinstance(key.get("task"), dict):
-        key["task"] = {k: v for k, v in key["task"].items() if k not in NOT_IN_KEY_TASK}
-    for group, name in _UNSET_NOT_IN_KEY:  # options added later count only when set: older results stay found
-        if isinstance(key.get(group), dict) and key[group].get(name) is None:
-            key[group] = {k: v for k, v in key[group].items() if k != name}
+    """The resume key: sha256 of what decides a result (the resolved config without `NOT_IN_KEY`, without a
+    `NEUTRAL` option at one of its neutral values, and of ``train.method_lr`` only the run's own method's
+    entry, plus the torch/transformers/peft versions), to tell finished work of the same job."""
+    key = json.loads(json.dumps(config, default=str))  # a deep copy to prune
+    for dotted in NOT_IN_KEY:
+        _pop(key, dotted)
+    for dotted, neutral in NEUTRAL.items():
+        if _get(key, dotted, None) in neutral:
+            _pop(key, dotted)
     if isinstance(key.get("train"), dict):
-        key["train"] = {k: v for k, v in key["train"].items() if k not in NOT_IN_KEY_TRAIN}
         method = (key.get("method") or {}).get("name")
         method_lr = key["train"].get("method_lr") or {}
         key["train"]["method_lr"] = {m: lr for m, lr in method_lr.items() if m == method}
     key["versions"] = library_versions()
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _get(tree: dict, dotted: str, default=None):
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _pop(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = _get(tree, ".".join(parents), None) if parents else tree
+    if isinstance(node, dict):
+        node.pop(last, None)
 
 
 def library_versions() -> dict[str, str]:
