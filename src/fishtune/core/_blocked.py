@@ -151,7 +151,12 @@ class _BlockedLinear(torch.autograd.Function):
         p = ctx.plan
         dy2 = dy.reshape(-1, dy.shape[-1])
         dys = dy2 if ctx.by_inputs else dy2.index_select(1, p.keep)  # a block of outputs: only their dY columns
-        block = xs.t() @ dys if ctx.conv1d else dys.t() @ xs  # in × out (Conv1D) or out × in (Linear) block
+        # the block as the layer stores W: in × out (Conv1D) or out × in (Linear); the narrower operand goes
+        # first (a GEMM with a few rows is several times faster on the CPU than one with a few columns)
+        if xs.shape[1] <= dys.shape[1]:
+            block = xs.t() @ dys if ctx.conv1d else (xs.t() @ dys).t()
+        else:
+            block = (dys.t() @ xs).t() if ctx.conv1d else dys.t() @ xs
         ctx.write(block.reshape(-1).to(ctx.w_dtype), p.local)
         dx = None
         if ctx.needs_input_grad[0]:
