@@ -98,6 +98,7 @@ class Meter:
         return timed
 
     def around(self, fn, *a, **k):
+        self.before_peak = _rss_mib()  # loading, and a selective method's selection
         _reset_peak()
         c, w = self._now()
         out = fn(*a, **k)
@@ -251,7 +252,8 @@ def worker(args) -> None:
     meter = Meter(args.device)
     side = args.worker
     out = (_trainer if side.startswith(("trainer", "peft")) else _fishtune)(args, side, meter)
-    out.update(side=side, train_cpu_s=meter.train_cpu, eval_cpu_s=meter.eval_cpu, peak_rss_mib=_rss_mib(),
+    out.update(side=side, train_cpu_s=meter.train_cpu, eval_cpu_s=meter.eval_cpu,
+               peak_rss_mib=max(meter.before_peak, _rss_mib()),
                train_peak_rss_mib=meter.train_peak, samples_per_cpu_s=out["samples"] / meter.train_cpu,
                train_wall_s=meter.train_wall, samples_per_s=out["samples"] / meter.train_wall)
     if args.device.startswith("cuda"):
@@ -377,6 +379,8 @@ def _write(args, command, load_before, load_after, sides, runs, agg, lines, note
           f"- command: `{command}`", f"- machine: {_machine()}, device {args.device} (shared; one thread per measured "
           "process)",
           f"- load (uptime) before: `{load_before}`", f"- load (uptime) after: `{load_after}`",
+          "- peak RSS (process): the whole process, loading and selection included; (training): from the first "
+          "step to the end of training, evaluations included",
           f"- torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}",
           f"- job: MiniLM, SST-2 seeded {args.train}-sentence subset (sha {r0['data_sha']}), dev "
           f"{args.eval or 'all 872'} sentences, batch {args.batch}, {args.epochs} epoch(s), max length 128, dynamic "
