@@ -15,7 +15,7 @@ from fishtune.report.case import STAIRCASE, case_verdicts, cell_tests, fig2_pair
 from fishtune.report.collect import collect
 from fishtune.report.paper import TABLE3
 from fishtune.report.table import lr_markdown, table2_data
-from fishtune.runner.results import SCHEMA, write_json
+from fishtune.runner.results import SCHEMA, load_results, write_json
 
 SEEDS = range(1, 9)
 
@@ -183,6 +183,10 @@ def test_page_builds_from_what_has_finished(tmp_path):
     df = collect(tmp_path)
     lone = df[(df["method"] == "ird") & (df["seed"] == 2)]
     assert len(lone) == 1 and lone["score"].item() == pytest.approx(0.83) and lone["dev_best"].item() == 0.83
+    finished, partial = load_results(tmp_path), load_results(tmp_path, in_progress=True)  # the library's reader
+    assert len(partial) == len(finished) + 1 and len(finished) == 7 + 4 + 3
+    row = partial[(partial["method"] == "ird") & (partial["seed"] == 2)].iloc[0]
+    assert row["cell"] == "r2.5-n128" and row["score"] == pytest.approx(0.83) and row["run_seconds"] is None
     t = table3(df).set_index("cell")
     assert t.loc["r2.5-n128", "n"] == 2 and t.loc["r0.02-n1", "n"] == 0 and math.isnan(t.loc["r0.02-n1", "ird_mean"])
     written = build_report(tmp_path, tmp_path / "out", formats=("png",))

@@ -64,7 +64,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     valid result (another schema, truncated, a field of the wrong type) is skipped with one logged line.
     """
     raw = [x for r in roots for x in _raw(r)]
-    frames = [load_results(r) for r in roots] + [pd.DataFrame([_lone_row(f, d) for f, d, _, lone in raw if lone])]
+    frames = [load_results(r, in_progress=True) for r in roots]
     frames = [f[~f["selection_only"].eq(True)] if "selection_only" in f else f for f in frames]  # no score: masks
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
@@ -74,7 +74,7 @@ def collect(*roots: str | Path) -> pd.DataFrame:
     df["ratio_fixed"] = df["ratio_fixed"].map(lambda v: v is True)  # recorded by the method (see Method)
     df = df.drop_duplicates(subset=["path", "cell"], keep="first").reset_index(drop=True)
     mask = pd.DataFrame([{"path": str(f), "cell": c.get("cell"), **_mask_fields(c, d.get("config") or {})}
-                         for f, d, cells, _ in raw for c in cells], columns=["path", "cell", *MASK])
+                         for f, d, cells in raw for c in cells], columns=["path", "cell", *MASK])
     df = df.drop(columns=[c for c in MASK if c in df.columns]).merge(
         mask.drop_duplicates(["path", "cell"]), on=["path", "cell"], how="left")
     for col in ("ratio", "samples", "score", "trainable_params", "trainable_ratio", "majority", "run_seconds", "lr",
@@ -104,14 +104,14 @@ def _cells_of(data: dict) -> list[dict]:
 
 
 def _raw(root: str | Path):
-    """(run folder, content, cells, lone) for each valid result.json, and for each cell file of a run folder
-    that has no result.json yet (``lone``: a run in progress, or trained as ``cell=`` jobs)."""
+    """(run folder, content, cells) for each valid result.json, and for each cell file of a run folder that
+    has no result.json yet (a run in progress, or trained as ``cell=`` jobs)."""
     for path in find_results(root):
         if (data := read_result(path)) is not None:
-            yield path.parent, data, _cells_of(data), False
+            yield path.parent, data, _cells_of(data)
     for path in sorted(Path(root).rglob("cells/*.json")):
         if not (path.parent.parent / "result.json").exists() and (data := read_result(path)) is not None:
-            yield path.parent.parent, data, [data], True
+            yield path.parent.parent, data, [data]
 
 
 def _mask_fields(cell: dict, config: dict) -> dict:
@@ -120,15 +120,6 @@ def _mask_fields(cell: dict, config: dict) -> dict:
     mode = method.get("zero_fisher") or ("include" if method.get("name") == "reverse_ird" else None)
     return {"zero_fisher": info.get("zero_fisher"), "positive_candidates": info.get("positive_candidates"),
             "zero_fisher_mode": mode}  # reverse IRD before the option: the literal reading ("include")
-
-
-def _lone_row(folder: Path, data: dict) -> dict:
-    """A cell file's row, with the columns `load_results` gives a result.json's cells."""
-    keys = ("task", "model", "method", "sparsity", "seed", "status", "reason", "ratio_fixed", "majority", "device",
-            "cell", "ratio", "samples", "score", "dev_best", "holdout_score", "trainable_params", "trainable_ratio",
-            "mask_sha256", "history")
-    return {k: data.get(k) for k in keys} | {"path": str(folder), "lr": (data.get("info") or {}).get("lr"),
-                                             "selected_on": data.get("selected_on") or "dev"}
 
 
 def majority(df: pd.DataFrame) -> pd.DataFrame:

@@ -266,14 +266,16 @@ def find_results(root: str | Path, name: str = "result.json") -> list[Path]:
     return sorted(Path(root).rglob(name))
 
 
-def load_results(root: str | Path, cells: bool = True):
+def load_results(root: str | Path, cells: bool = True, in_progress: bool = False):
     """Read every result.json under ``root`` into one pandas DataFrame.
 
     One row per run, or with ``cells=True`` one row per ladder cell (runs without cells give one row with
     cell "main"). Columns: task, model, method, sparsity, seed, cell, ratio, samples, status, reason, score
     (dev, at the evaluation chosen), dev_best, holdout_score, selected_on (holdout | dev), trainable_params,
     trainable_ratio, mask_sha256, path, and one ``metric.<name>`` column per metric.
-    Files that are not valid results are skipped (they did not finish).
+    Files that are not valid results are skipped (they did not finish). ``in_progress``: also one row per
+    finished cell (``cells/<cell>.json``) of a run folder with no result.json yet (a run still going, or
+    trained as ``cell=`` jobs), with the same columns.
     """
     import pandas as pd
 
@@ -284,28 +286,38 @@ def load_results(root: str | Path, cells: bool = True):
         except ResultError as e:
             log.warning("skipped: %s", e)  # one line per file that is not a finished result
             continue
-        base = {
-            "task": data["task"],
-            "model": data["model"],
-            "method": data["method"],
-            "sparsity": data.get("sparsity"),
-            "seed": data.get("seed"),
-            "status": data["status"],
-            "reason": data.get("reason"),
-            "path": str(path.parent),
-            "ratio_fixed": data.get("ratio_fixed", False),  # the method's own trainable share (dense, BitFit)
-            "majority": data.get("majority"),  # the dev score of predicting the majority label
-            "device": data.get("device"),
-            "run_seconds": (data.get("timings") or {}).get("total_seconds"),
-            "selection_only": data.get("selection_only", False),  # masks only: no score (report.masks)
-        }
+        base = _run_row(data, path.parent)
         run_cells = data.get("cells") or []
         if cells and run_cells:
             for c in run_cells:
                 rows.append({**base, **_cell_row(c), "status": c.get("status", data["status"])})
         else:
             rows.append({**base, **_cell_row({**data, "cell": data.get("best_cell") or "main"})})
+    if in_progress:
+        for path in find_results(root, "cells/*.json"):
+            folder = path.parent.parent
+            if not (folder / "result.json").exists() and (data := read_result(path)) is not None:
+                rows.append({**_run_row(data, folder), **_cell_row(data), "run_seconds": None})  # not done
     return pd.DataFrame(rows)
+
+
+def _run_row(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The run's columns of a row: what a result.json (or a cell file) says of its task, model and job."""
+    return {
+        "task": data["task"],
+        "model": data["model"],
+        "method": data["method"],
+        "sparsity": data.get("sparsity"),
+        "seed": data.get("seed"),
+        "status": data["status"],
+        "reason": data.get("reason"),
+        "path": str(folder),
+        "ratio_fixed": data.get("ratio_fixed", False),  # the method's own trainable share (dense, BitFit)
+        "majority": data.get("majority"),  # the dev score of predicting the majority label
+        "device": data.get("device"),
+        "run_seconds": (data.get("timings") or {}).get("total_seconds"),
+        "selection_only": data.get("selection_only", False),  # masks only: no score (report.masks)
+    }
 
 
 def _cell_row(c: dict[str, Any]) -> dict[str, Any]:
