@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import needs_minilm
@@ -43,6 +46,32 @@ def test_early_stopping_after_patience_and_best_epoch_restored(monkeypatch):
     assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
     assert torch.equal(model.classifier.weight, seen[1]), "the weights of the best evaluation are restored"
     assert not torch.equal(seen[1], seen[3])
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_every_trainable_weight_of_the_best_epoch_restored_from_memory_or_its_file(monkeypatch, spill):
+    """A dense CPU model's best copy goes to a temporary file (`SPILL_BYTES`), else to memory: either way
+    every trainable weight is the best evaluation's at the end, and the file is closed."""
+    import tempfile
+
+    monkeypatch.setattr(loop, "SPILL_BYTES", 0 if spill else 2**60)
+    model = tiny_model("bert")
+    states, scores = [], [0.5, 0.9, 0.6, 0.7]
+
+    def fake(m, evals, collate, task, device, batch_size=64, bf16=True):
+        states.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return scores[len(states) - 1], {"accuracy": scores[len(states) - 1]}
+
+    monkeypatch.setattr(loop, "evaluate", fake)
+    files, real = [], tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: files.append(real(*a, **k)) or files[-1])
+    train, evals = _data()
+    cfg = TrainConfig(epochs=4, batch_size=4, progress=False, scheduler="constant")
+    r = loop.fit(model, train, evals, collate, TASK, cfg, CPU, seed=0)
+    assert r.best_epoch == 2
+    assert all(torch.equal(p, states[1][n]) for n, p in model.named_parameters())
+    assert any(not torch.equal(states[1][n], states[3][n]) for n in states[1])
+    assert (len(files) == 1 and files[0].closed) if spill else not files
 
 
 def test_no_early_stop_below_the_threshold(monkeypatch):
@@ -175,3 +204,27 @@ def test_no_second_copy_of_the_model_while_training(monkeypatch, compose, tmp_pa
     result = experiment.run_experiment(rc, tmp_path, config, log=lambda _: None)
     assert result["status"] == "ok" and len(extra) == 4
     assert max(extra) < 0.25 * min(own), f"{max(extra)} bytes alive beside a {min(own)}-byte model"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc (Linux)")
+def test_trim_heap_hands_freed_heap_memory_back():
+    """What the loop calls around each evaluation: the heap blocks a phase freed leave the resident set
+    (glibc keeps them otherwise); the last block stays allocated, so the heap's top cannot shrink by itself."""
+    import ctypes.util
+
+    from fishtune.core.heap import trim_heap
+
+    if not ctypes.util.find_library("c") or "glibc" not in " ".join(platform.libc_ver()):
+        pytest.skip("glibc's malloc_trim")
+
+    def rss_mib() -> float:
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    blocks = [torch.ones(16 * 1024) for _ in range(4000)]  # 64 KiB each, under the mmap threshold: the heap
+    held = blocks[-1]
+    del blocks
+    before = rss_mib()
+    trim_heap()
+    assert before - rss_mib() > 100, "about 250 MiB were freed"
+    assert held.sum() == held.numel()

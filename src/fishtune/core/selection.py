@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .fisher import FisherResult, compute_fisher
+from .heap import trim_heap
 from .masks import Mask, num_selected, param_names, select_top_k
 
 __all__ = ["Selector", "draw_samples", "fish_mask"]
@@ -120,7 +121,7 @@ class Selector:
         and hand the heap that selection freed back to the system (glibc keeps it otherwise: ~100 MiB of
         RSS through the whole fine-tune on MiniLM, measured)."""
         self._cache = {}
-        _trim_heap()
+        trim_heap()
 
     def top_k(self, fisher: FisherResult, ratio: float, *, largest: bool = True,
               candidates: Mask | None = None, zero_last: bool = False) -> Mask:
@@ -136,18 +137,6 @@ class Selector:
                                        for n, i in mask.indices.items())
         mask.info["positive_candidates"] = _positive(fisher.diag, candidates)
         return mask
-
-
-def _trim_heap() -> None:
-    """glibc's malloc_trim(0) where the C library has it (Linux); nothing elsewhere."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _positive(diag: dict[str, torch.Tensor], candidates: Mask | None) -> int:
