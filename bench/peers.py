@@ -1,7 +1,8 @@
 """fishtune beside what its users would otherwise run, on one job done both ways: MiniLM on SST-2, a seeded
 training subset (2,000 sentences), the whole dev set, batch 16, 2 epochs, max length 128, dynamic padding,
 fp32, AdamW, linear decay, no warm-up, no clipping, the best epoch kept on both sides, the same training
-subset and the same head initialisation (checked by hash across every run).
+subset and the same head initialisation (checked by hash across every run), each side at its method's
+learning rate (`peers_sides.LR`, the SST-2 case study's).
 
 Sides (`peers_sides.py`; each run its own subprocess with one thread, interleaved A, B, C, ..., A, B, C, ...):
 
