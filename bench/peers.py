@@ -37,7 +37,7 @@ from pathlib import Path
 
 import common
 import torch
-from peers_sides import worker
+from peers_sides import LR, worker
 
 SIDES = ["trainer-dense", "fishtune-dense", "peft-lora", "fishtune-fish", "peft-supertuning", "floor"]
 RATIOS = [  # (what, ours, reference, goal): speed ratios ours/reference, RSS ratios ours/reference
@@ -47,7 +47,8 @@ RATIOS = [  # (what, ours, reference, goal): speed ratios ours/reference, RSS ra
     ("FISH 0.5 % peak RSS (vs peft LoRA + Trainer)", "fishtune-fish", "peft-lora", "rss", "<= 1.0"),
     ("FISH 0.5 % speed (vs peft supertuning + Trainer)", "fishtune-fish", "peft-supertuning", "speed", ">= 1.5"),
     ("FISH 0.5 % step (vs the floor)", "fishtune-fish", "floor", "step", "<= 1.05"),
-    # the ceiling of the supertuning ratio: no method that trains inside the network steps faster than the floor
+    # the ceilings of FISH's speed ratios: no method that trains inside the network steps faster than the floor
+    ("the floor's speed (vs peft LoRA + Trainer)", "floor", "peft-lora", "speed", None),
     ("the floor's speed (vs peft supertuning + Trainer)", "floor", "peft-supertuning", "speed", None),
 ]
 
@@ -102,7 +103,7 @@ def main() -> None:
         sides.remove("peft-supertuning")
         notes.append(f"peft-supertuning skipped: {why}")
         print(notes[-1], flush=True)
-    command = "python bench/peers.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python bench/peers.py", *sys.argv[1:]])
     load_before = _load()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(common.ROOT / "src")}
     passthru = ["--train", str(args.train), "--eval", str(args.eval), "--epochs", str(args.epochs),
@@ -177,7 +178,10 @@ def _write(args, command, load_before, load_after, sides, runs, agg, lines, note
           f"- job: MiniLM, SST-2 seeded {args.train}-sentence subset (sha {r0['data_sha']}), dev "
           f"{args.eval or 'all 872'} sentences, batch {args.batch}, {args.epochs} epoch(s), max length 128, dynamic "
           f"padding, fp32, AdamW, linear decay, no warm-up, no clipping, best epoch kept; head sha {r0['head_sha']} "
-          f"on every side; {args.rounds} round(s), sides interleaved", *[f"- {n}" for n in notes], "",
+          f"on every side; {args.rounds} round(s), sides interleaved",
+          "- learning rates: " + ", ".join(f"{s} {LR[s]:g}" for s in sides)
+          + " (the SST-2 case study's, chosen on held-out training sentences; supertuning takes FISH's)",
+          *[f"- {n}" for n in notes], "",
           f"| side | dev acc | {units[0]} | peak {units[1]} (process) | peak RSS MiB (training) | trainable |",
           "|---|---|---|---|---|---|"]
     for s in sides:

@@ -51,6 +51,7 @@ def test_accuracy_equals_sklearn_and_needs_no_sklearn_import():
     rng = np.random.default_rng(0)
     preds, refs = rng.integers(0, 3, 101), rng.integers(0, 3, 101)
     assert compute_metrics("accuracy", preds, refs)["accuracy"] == accuracy_score(refs, preds)
-    code = ("import sys; from fishtune.data.metrics import compute_metrics; compute_metrics('accuracy', [1, 0], [1, 1]);"
-            "print('sklearn' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = ("import sys; from fishtune.data.metrics import compute_metrics; "
+            "compute_metrics('accuracy', [1, 0], [1, 1]); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
