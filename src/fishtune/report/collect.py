@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fishtune.runner.results import find_results, load_results, read_result
+from fishtune.runner.results import find_results, load_results, read_result, unfinished_cells
 
 # GLUE's own order; tasks not listed come after, alphabetically.
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -109,9 +109,8 @@ def _raw(root: str | Path):
     for path in find_results(root):
         if (data := read_result(path)) is not None:
             yield path.parent, data, _cells_of(data)
-    for path in sorted(Path(root).rglob("cells/*.json")):
-        if not (path.parent.parent / "result.json").exists() and (data := read_result(path)) is not None:
-            yield path.parent.parent, data, [data]
+    for folder, data in unfinished_cells(root):
+        yield folder, data, [data]
 
 
 def _mask_fields(cell: dict, config: dict) -> dict:

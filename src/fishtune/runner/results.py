@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -294,11 +295,18 @@ def load_results(root: str | Path, cells: bool = True, in_progress: bool = False
         else:
             rows.append({**base, **_cell_row({**data, "cell": data.get("best_cell") or "main"})})
     if in_progress:
-        for path in find_results(root, "cells/*.json"):
-            folder = path.parent.parent
-            if not (folder / "result.json").exists() and (data := read_result(path)) is not None:
-                rows.append({**_run_row(data, folder), **_cell_row(data), "run_seconds": None})  # not done
+        for folder, data in unfinished_cells(root):
+            rows.append({**_run_row(data, folder), **_cell_row(data), "run_seconds": None})  # not done
     return pd.DataFrame(rows)
+
+
+def unfinished_cells(root: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(run folder, content) of each valid cell file (``cells/<cell>.json``) under ``root`` whose run folder
+    has no result.json yet: a run still going, or one trained as ``cell=`` jobs."""
+    for path in find_results(root, "cells/*.json"):
+        folder = path.parent.parent
+        if not (folder / "result.json").exists() and (data := read_result(path)) is not None:
+            yield folder, data
 
 
 def _run_row(data: dict[str, Any], folder: Path) -> dict[str, Any]:
