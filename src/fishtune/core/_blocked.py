@@ -23,6 +23,7 @@ gradient autograd builds and zeroes on every step.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,9 +116,7 @@ def summary(plans: list[tuple[tuple[int, ...], Plan | None]]) -> dict[str, float
     return {"blocked": len(blocked), "matrices": len(plans), "block_share_percent": round(100 * share, 3)}
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 class _BlockedLinear(torch.autograd.Function):
@@ -129,20 +128,23 @@ class _BlockedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, anchor, plan: Plan, write: Callable[[torch.Tensor, torch.Tensor], None],
                 conv1d: bool):
-        dt = _compute_dtype(x)
-        xc, wc = x.to(dt), weight.to(dt)
-        bc = None if bias is None else bias.to(dt)
-        x2 = xc.reshape(-1, xc.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):
+        kind = x.device.type
+        cast = torch.is_autocast_enabled(kind)
+        ctx.dtypes = None
+        if cast:  # the matmuls in the autocast dtype, as F.linear would run them; gradients in the inputs' own
+            ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
+            dt = torch.get_autocast_dtype(kind)
+            x, weight = x.to(dt), weight.to(dt)
+            bias = None if bias is None else bias.to(dt)
+        x2 = x.reshape(-1, x.shape[-1])
+        with torch.autocast(kind, enabled=False) if cast else _NO_CONTEXT:
             if conv1d:
-                y = (x2 @ wc if bc is None else torch.addmm(bc, x2, wc)).view(*xc.shape[:-1], wc.shape[1])
+                y = (x2 @ weight if bias is None else torch.addmm(bias, x2, weight)).view(*x.shape[:-1], -1)
             else:
-                y = F.linear(xc, wc, bc)
+                y = F.linear(x, weight, bias)
         by_inputs = plan.axis == (0 if conv1d else 1)  # the block is a set of input features: keep only them
-        ctx.save_for_backward(x2.index_select(1, plan.keep) if by_inputs else x2, wc)
+        ctx.save_for_backward(x2.index_select(1, plan.keep) if by_inputs else x2, weight)
         ctx.plan, ctx.write, ctx.conv1d, ctx.by_inputs = plan, write, conv1d, by_inputs
-        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
-        ctx.b_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
@@ -157,11 +159,17 @@ class _BlockedLinear(torch.autograd.Function):
             block = xs.t() @ dys if ctx.conv1d else (xs.t() @ dys).t()
         else:
             block = (dys.t() @ xs).t() if ctx.conv1d else dys.t() @ xs
-        ctx.write(block.reshape(-1).to(ctx.w_dtype), p.local)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = (dy @ (wc.t() if ctx.conv1d else wc)).to(ctx.x_dtype)
-        db = dy2.sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
+        dx = db = None
+        if ctx.needs_input_grad[0]:  # one GEMM over the tokens (dy itself may be strided: a batched product)
+            dx = (dy2 @ (wc.t() if ctx.conv1d else wc)).view(*dy.shape[:-1], -1)
+        if ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        if ctx.dtypes is not None:
+            x_dtype, w_dtype, b_dtype = ctx.dtypes
+            block = block.to(w_dtype)
+            dx = None if dx is None else dx.to(x_dtype)
+            db = None if db is None else db.to(b_dtype)
+        ctx.write(block.reshape(-1), p.local)
         return dx, None, db, None, None, None, None
 
 
