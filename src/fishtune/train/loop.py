@@ -28,6 +28,7 @@ from ..config import TaskConfig, TrainConfig
 from ..core.heap import trim_heap
 from ..core.masked import MaskedAdamW, sync_weights
 from ..data.metrics import compute_metrics, headline
+from .embedding_grads import held_embedding_grads
 
 __all__ = ["NonFiniteLoss", "NonFiniteScore", "TrainResult", "fit", "evaluate", "predict", "planned_steps",
            "train_step"]
@@ -219,7 +220,14 @@ def fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg:
     sets in ``evals`` are then only reported. Without it the best dev evaluation is kept (the paper's way).
     Raises NonFiniteLoss (with the step) on a NaN/inf loss, NonFiniteScore when every evaluation scored NaN.
     Returns the chosen evaluation's dev metrics; the model is left with the weights of that evaluation.
+    A dense-trained CPU embedding's gradient is kept as one buffer across steps (`held_embedding_grads`).
     """
+    with held_embedding_grads(model):
+        return _fit(model, train_ds, evals, collate, task, cfg, device, seed, hook, select)
+
+
+def _fit(model: nn.Module, train_ds, evals: dict, collate, task: TaskConfig, cfg: TrainConfig,
+         device: torch.device, seed: int, hook: Callable | None, select) -> TrainResult:
     torch.manual_seed(seed)
     lr = cfg.lr or task.lr
     opt = MaskedAdamW(model, lr=lr, weight_decay=cfg.weight_decay)
