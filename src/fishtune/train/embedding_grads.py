@@ -50,7 +50,7 @@ class _Held:
         w = module.weight
         if w.grad is None:  # the optimizer cleared it: rows written since the last hand-out go back to zero
             with torch.no_grad():
-                if self.pending is None or len(self.pending) > MAX_PENDING:
+                if self.pending is None:
                     self.buffer.zero_()
                 elif self.pending:
                     self.buffer.index_fill_(0, torch.cat(self.pending), 0.0)
@@ -59,8 +59,8 @@ class _Held:
         elif w.grad is not self.buffer:  # somebody else's gradient tensor: do not touch it
             return
         ids = args[0] if args and torch.is_tensor(args[0]) else None
-        if ids is None or self.pending is None:
-            self.pending = None
+        if ids is None or self.pending is None or len(self.pending) >= MAX_PENDING:
+            self.pending = None  # zeroed whole next time (also bounds what is kept between clears)
         else:
             self.pending.append(ids.detach().reshape(-1))
 
