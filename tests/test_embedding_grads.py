@@ -78,3 +78,21 @@ def test_tied_frozen_or_masked_embeddings_keep_autograds_path():
         assert n == 1 and emb.word_embeddings.sparse
         assert not emb.position_embeddings.sparse and not emb.token_type_embeddings.sparse
     assert not emb.word_embeddings.sparse
+
+
+def test_many_forwards_without_a_clear_zero_the_whole_buffer(monkeypatch):
+    import fishtune.train.embedding_grads as eg
+
+    monkeypatch.setattr(eg, "MAX_PENDING", 2)
+    model = tiny_model("bert")
+    first, *rest = _batches(4)
+    model.train()
+    with held_embedding_grads(model):
+        for b in [first, *rest[:2]]:  # accumulated past MAX_PENDING: the rows are no longer listed
+            model(**b).loss.backward()
+        model.zero_grad(set_to_none=True)
+        model(**rest[2]).loss.backward()
+        grad = model.bert.embeddings.word_embeddings.weight.grad
+        rows = torch.zeros(grad.shape[0], dtype=torch.bool)
+        rows[torch.unique(rest[2]["input_ids"])] = True
+        assert not grad[~rows].any()
