@@ -96,3 +96,17 @@ def test_many_forwards_without_a_clear_zero_the_whole_buffer(monkeypatch):
         rows = torch.zeros(grad.shape[0], dtype=torch.bool)
         rows[torch.unique(rest[2]["input_ids"])] = True
         assert not grad[~rows].any()
+
+
+def test_int32_token_ids_are_zeroed_too():
+    model = tiny_model("bert")
+    first, second = _batches(2)
+    model.train()
+    with held_embedding_grads(model):
+        for b in (first, second):
+            model.zero_grad(set_to_none=True)
+            model(**{**b, "input_ids": b["input_ids"].int()}).loss.backward()
+        grad = model.bert.embeddings.word_embeddings.weight.grad
+        rows = torch.zeros(grad.shape[0], dtype=torch.bool)
+        rows[torch.unique(second["input_ids"])] = True
+        assert not grad[~rows].any()

@@ -53,7 +53,7 @@ class _Held:
                 if self.pending is None:
                     self.buffer.zero_()
                 elif self.pending:
-                    self.buffer.index_fill_(0, torch.cat(self.pending), 0.0)
+                    self.buffer.index_fill_(0, torch.cat(self.pending).long(), 0.0)  # ids may be int32
             self.pending = []
             w.grad = self.buffer
         elif w.grad is not self.buffer:  # somebody else's gradient tensor: do not touch it
